@@ -1,0 +1,230 @@
+//! The accept loop, systemd notifications, and graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::WorkerSettings;
+use super::app::{self, AppState, Limits, WorkerInfo};
+use crate::notify::Notifier;
+use crate::socket::StdListener;
+
+pub async fn serve(
+    settings: WorkerSettings,
+    listeners: Vec<StdListener>,
+    notifier: Notifier,
+) -> anyhow::Result<()> {
+    let plan = &settings.plan;
+    let state = AppState::new(
+        WorkerInfo {
+            profile: plan.profile.name(),
+            instance: settings.instance,
+            pid: std::process::id(),
+            workers: plan.workers,
+            threads: plan.threads,
+        },
+        Limits { request_timeout: settings.request_timeout, max_body_bytes: settings.max_body_bytes },
+        settings.diagnostics,
+    );
+    let router = app::router(state.clone());
+
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.header_timeout)
+        .max_header_size(settings.max_header_bytes);
+
+    // Signals are registered before READY=1, so a stop request can never be missed.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    // Shared by the accept loops; unwrapped again once they have all returned.
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_accepting, stopped) = watch::channel(false);
+    let mut addresses = Vec::new();
+    let mut acceptors = Vec::new();
+    for listener in listeners {
+        addresses.push(listener.local_addr());
+        let ctx = Acceptor {
+            state: state.clone(),
+            router: router.clone(),
+            http: http.clone(),
+            graceful: graceful.clone(),
+            stop: stopped.clone(),
+        };
+        acceptors.push(match listener {
+            StdListener::Tcp(l) => tokio::spawn(ctx.run_tcp(TcpListener::from_std(l)?)),
+            StdListener::Unix(l) => tokio::spawn(ctx.run_unix(UnixListener::from_std(l)?)),
+        });
+    }
+
+    tracing::info!(
+        instance = settings.instance,
+        profile = plan.profile.name(),
+        workers = plan.workers,
+        threads = plan.threads,
+        "worker {} serving on {} ({} runtime thread{})",
+        settings.instance,
+        addresses.join(", "),
+        plan.threads,
+        if plan.threads == 1 { "" } else { "s" },
+    );
+    let (instance, threads) = (settings.instance, plan.threads);
+    let status = move |state: &AppState| {
+        format!(
+            "Serving: {} requests, {} in flight; instance {instance}, {threads} thread{}",
+            state.metrics.served(),
+            state.metrics.in_flight(),
+            if threads == 1 { "" } else { "s" },
+        )
+    };
+    notifier.ready(&status(&state));
+
+    let status_task = tokio::spawn(report_status(state.clone(), notifier, status.clone()));
+    let watchdog_task = notifier.watchdog_every.map(|every| tokio::spawn(watchdog(notifier, every)));
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
+    }
+    state.draining.store(true, Relaxed);
+    status_task.abort();
+    notifier.stopping(&format!("Draining: {} requests in flight", state.metrics.in_flight()));
+    let _ = stop_accepting.send(true);
+    for acceptor in acceptors {
+        let _ = acceptor.await;
+    }
+    let graceful = Arc::into_inner(graceful).expect("accept loops have returned");
+
+    let in_flight = state.metrics.in_flight();
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            tracing::info!("drained ({in_flight} requests were in flight); exiting");
+        }
+        _ = tokio::time::sleep(settings.drain_timeout) => {
+            tracing::warn!(
+                "drain timeout of {:?} reached with {} requests still in flight; exiting",
+                settings.drain_timeout,
+                state.metrics.in_flight()
+            );
+        }
+        _ = sigterm.recv() => second_signal(&state),
+        _ = sigint.recv() => second_signal(&state),
+    }
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+fn second_signal(state: &AppState) -> ! {
+    tracing::warn!(
+        "second signal: exiting at once, abandoning {} requests",
+        state.metrics.in_flight()
+    );
+    std::process::exit(i32::from(crate::error::EXIT_FAILURE));
+}
+
+/// Keeps `systemctl status` current: at most once a second, only when something changed.
+async fn report_status(
+    state: Arc<AppState>,
+    notifier: Notifier,
+    status: impl Fn(&AppState) -> String,
+) {
+    if !notifier.enabled() {
+        return;
+    }
+    let mut last = (u64::MAX, i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = (state.metrics.served(), state.metrics.in_flight());
+        if now != last {
+            notifier.status(&status(&state));
+            last = now;
+        }
+    }
+}
+
+/// Pings the watchdog from a task on the serving runtime, so a stalled runtime stops the pings
+/// and systemd restarts the worker.
+async fn watchdog(notifier: Notifier, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        notifier.watchdog();
+    }
+}
+
+/// What an accept loop needs; one per listening socket.
+struct Acceptor {
+    state: Arc<AppState>,
+    router: axum::Router,
+    http: http1::Builder,
+    graceful: Arc<GracefulShutdown>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    async fn run_tcp(mut self, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.spawn(stream);
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+            }
+        }
+    }
+
+    async fn run_unix(mut self, listener: UnixListener) {
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => self.spawn(stream),
+                    Err(e) => accept_error(e).await,
+                },
+            }
+        }
+    }
+
+    fn spawn<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = self.state.clone();
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let response = app::handle(state.clone(), router.clone(), req.map(axum::body::Body::new));
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
+        });
+        let connection = self.http.serve_connection(TokioIo::new(stream), service);
+        let connection = self.graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended with an error: {e}");
+            }
+        });
+    }
+}
+
+/// Accept errors such as running out of file descriptors are transient: wait a little instead
+/// of spinning, and keep serving.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
