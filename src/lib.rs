@@ -6,6 +6,7 @@
 //! - `coreiix-plan`: the planner ([`plan`]) and the ways to run the plan: without systemd
 //!   ([`launcher`]) and with it ([`pool`], including the systemd generator).
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod launcher;

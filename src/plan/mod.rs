@@ -166,8 +166,14 @@ pub fn plan(cli: &Overrides, config: &Config, detected_cpus: u32) -> Result<Plan
             threads: threads_origin.source(),
         },
         origins: Origins {
-            profile: profile_origin.to_string(),
-            workers: workers_origin.to_string(),
+            profile: match profile_origin {
+                Origin::Default => "the default (no profile given)".to_owned(),
+                other => other.to_string(),
+            },
+            workers: match workers_origin {
+                Origin::Default => format!("the {profile} profile"),
+                other => other.to_string(),
+            },
             cpus: cpus_origin.to_string(),
             threads: threads_origin.to_string(),
         },
