@@ -215,7 +215,8 @@ impl Supervisor {
                 self.exit_code = EXIT_FAILURE;
             }
             Sig::Term | Sig::Int => {
-                say(format!("{sig:?}: draining {} workers", self.workers.len()));
+                let name = if matches!(sig, Sig::Term) { "SIGTERM" } else { "SIGINT" };
+                say(format!("{name}: draining {} workers", self.workers.len()));
                 self.shutdown();
             }
             Sig::Hup if self.opts.dev.is_some() => self.build(),
@@ -239,7 +240,7 @@ impl Supervisor {
                 }
                 self.report_status();
             }
-            Sig::Ttin | Sig::Ttou => say(format!("{sig:?}: already at the limit of {} workers", self.desired)),
+            Sig::Ttin | Sig::Ttou => say(format!("{sig:?}: already at the limit ({} workers)", self.desired)),
         }
     }
 
