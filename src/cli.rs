@@ -76,11 +76,7 @@ pub enum Command {
     Restart,
     /// Act as a systemd generator: write coreiix.target's wants into DIR
     #[command(hide = true)]
-    Generate {
-        normal_dir: PathBuf,
-        early_dir: Option<PathBuf>,
-        late_dir: Option<PathBuf>,
-    },
+    Generate { normal_dir: PathBuf, early_dir: Option<PathBuf>, late_dir: Option<PathBuf> },
 }
 
 impl PlanArgs {

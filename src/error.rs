@@ -34,11 +34,7 @@ impl std::error::Error for ConfigError {}
 
 /// The exit status for an error: [`EXIT_CONFIG`] if a [`ConfigError`] is anywhere in its chain.
 pub fn exit_status(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<ConfigError>()) {
-        EXIT_CONFIG
-    } else {
-        EXIT_FAILURE
-    }
+    if err.chain().any(|cause| cause.is::<ConfigError>()) { EXIT_CONFIG } else { EXIT_FAILURE }
 }
 
 /// Prints the whole error chain once, on one line, and turns it into an exit code.

@@ -23,9 +23,9 @@ impl Logging {
             text: COREIIX_LOG.default.to_owned(),
             origin: crate::config::Origin::Default,
         });
-        let filter = EnvFilter::builder()
-            .parse(value.text.trim())
-            .map_err(|e| value.invalid(&format!("a tracing filter such as info or warn,coreiix=debug ({e})")))?;
+        let filter = EnvFilter::builder().parse(value.text.trim()).map_err(|e| {
+            value.invalid(&format!("a tracing filter such as info or warn,coreiix=debug ({e})"))
+        })?;
         let journal = config.env.get(&JOURNAL_STREAM).is_some_and(stderr_is);
         Ok(Logging { filter, journal })
     }
@@ -36,9 +36,7 @@ impl Logging {
         if self.journal {
             match tracing_journald::layer() {
                 Ok(layer) => {
-                    let layer = layer
-                        .with_field_prefix(None)
-                        .with_syslog_identifier(identifier.to_owned());
+                    let layer = layer.with_field_prefix(None).with_syslog_identifier(identifier.to_owned());
                     registry.with(layer).init();
                     return;
                 }

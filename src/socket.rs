@@ -155,9 +155,7 @@ fn describe(fd: RawFd) -> SocketKind {
         let mut value: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut value).cast(), &mut len)
-        };
+        let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut value).cast(), &mut len) };
         if rc == 0 { Ok(value) } else { Err(io::Error::last_os_error()) }
     };
     match opt(libc::SO_TYPE) {

@@ -44,11 +44,24 @@ fn cli_beats_env_beats_env_file() {
     std::fs::write(&file, "DEPLOYMENT_PROFILE=small\nWORKERS=9\n").unwrap();
     let f = file.to_str().unwrap();
     let from_file = json(&plan(dir.path(), &["--format", "json", "--env-file", f], &[]));
-    assert_eq!((from_file["workers"].as_u64(), from_file["sources"]["workers"].as_str()), (Some(9), Some("env-file")));
+    assert_eq!(
+        (from_file["workers"].as_u64(), from_file["sources"]["workers"].as_str()),
+        (Some(9), Some("env-file"))
+    );
     let from_env = json(&plan(dir.path(), &["--format", "json", "--env-file", f], &[("WORKERS", "3")]));
-    assert_eq!((from_env["workers"].as_u64(), from_env["sources"]["workers"].as_str()), (Some(3), Some("env")));
-    let from_cli = json(&plan(dir.path(), &["--format", "json", "--env-file", f, "--workers", "4"], &[("WORKERS", "3")]));
-    assert_eq!((from_cli["workers"].as_u64(), from_cli["sources"]["workers"].as_str()), (Some(4), Some("cli")));
+    assert_eq!(
+        (from_env["workers"].as_u64(), from_env["sources"]["workers"].as_str()),
+        (Some(3), Some("env"))
+    );
+    let from_cli = json(&plan(
+        dir.path(),
+        &["--format", "json", "--env-file", f, "--workers", "4"],
+        &[("WORKERS", "3")],
+    ));
+    assert_eq!(
+        (from_cli["workers"].as_u64(), from_cli["sources"]["workers"].as_str()),
+        (Some(4), Some("cli"))
+    );
     assert_eq!(from_cli["profile"], "small");
     assert_eq!(from_cli["sources"]["profile"], "env-file");
 }
@@ -64,7 +77,10 @@ fn dot_env_in_the_working_directory_is_the_default_file() {
         // An installed host: the system file wins by design.
         assert!(v["env_file"].as_str().unwrap().starts_with("/etc/coreiix"), "{v}");
     } else {
-        assert_eq!((v["profile"].as_str(), v["sources"]["profile"].as_str()), (Some("small"), Some("env-file")));
+        assert_eq!(
+            (v["profile"].as_str(), v["sources"]["profile"].as_str()),
+            (Some("small"), Some("env-file"))
+        );
     }
     // A missing default file is fine.
     std::fs::remove_file(dir.path().join(".env")).unwrap();
@@ -79,7 +95,12 @@ fn human_output_explains_where_workers_came_from() {
     let o = plan(dir.path(), &["--workers", "4", "--profile", "small"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("workers      4      from --workers on the command line; the small profile alone gives 2"), "{text}");
+    assert!(
+        text.contains(
+            "workers      4      from --workers on the command line; the small profile alone gives 2"
+        ),
+        "{text}"
+    );
     assert!(text.contains("auto-reload  off"), "{text}");
 }
 
@@ -90,7 +111,10 @@ fn dev_with_more_workers_says_reload_is_off() {
     assert_eq!((v["profile"].as_str(), v["reload"].as_bool()), (Some("dev"), Some(false)));
     assert!(v["notes"][0].as_str().unwrap().contains("auto-reload is off"), "{v}");
     let v = json(&plan(dir.path(), &["--format", "json"], &[]));
-    assert_eq!((v["profile"].as_str(), v["workers"].as_u64(), v["reload"].as_bool()), (Some("dev"), Some(1), Some(true)));
+    assert_eq!(
+        (v["profile"].as_str(), v["workers"].as_u64(), v["reload"].as_bool()),
+        (Some("dev"), Some(1), Some(true))
+    );
 }
 
 #[test]
@@ -106,6 +130,8 @@ fn env_format_is_readable_by_a_shell() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "small:2:2");
 }
 
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<String>);
+
 #[test]
 fn bad_input_exits_2_naming_value_origin_and_accepted() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,15 +139,36 @@ fn bad_input_exits_2_naming_value_origin_and_accepted() {
     std::fs::write(&bad_file, "DEPLOYMENT_PROFILE=small\nWORKERS=lots\n").unwrap();
     let broken = dir.path().join("broken.env");
     std::fs::write(&broken, "WORKERS=2\nthis line is wrong\n").unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<String>)> = vec![
-        (vec![], vec![("WORKERS", "abc")], vec!["\"abc\"".into(), "the environment variable WORKERS".into(), "1 to 1024".into()]),
+    // (arguments, environment, what the message must contain)
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            vec![("WORKERS", "abc")],
+            vec!["\"abc\"".into(), "the environment variable WORKERS".into(), "1 to 1024".into()],
+        ),
         (vec![], vec![("WORKERS", "0")], vec!["\"0\"".into(), "1 to 1024".into()]),
         (vec![], vec![("WORKERS", "-3")], vec!["\"-3\"".into()]),
         (vec!["--workers", "5000"], vec![], vec!["\"5000\"".into(), "--workers on the command line".into()]),
-        (vec![], vec![("DEPLOYMENT_PROFILE", "production")], vec!["\"production\"".into(), "one of dev, small, enterprise".into()]),
-        (vec!["--env-file", bad_file.to_str().unwrap()], vec![], vec![format!("WORKERS in {} line 2", bad_file.display())]),
-        (vec!["--env-file", broken.to_str().unwrap()], vec![], vec![format!("{} line 2", broken.display()), "KEY=value".into()]),
-        (vec!["--env-file", "/nonexistent/coreiix.env"], vec![], vec!["/nonexistent/coreiix.env".into(), "does not exist".into()]),
+        (
+            vec![],
+            vec![("DEPLOYMENT_PROFILE", "production")],
+            vec!["\"production\"".into(), "one of dev, small, enterprise".into()],
+        ),
+        (
+            vec!["--env-file", bad_file.to_str().unwrap()],
+            vec![],
+            vec![format!("WORKERS in {} line 2", bad_file.display())],
+        ),
+        (
+            vec!["--env-file", broken.to_str().unwrap()],
+            vec![],
+            vec![format!("{} line 2", broken.display()), "KEY=value".into()],
+        ),
+        (
+            vec!["--env-file", "/nonexistent/coreiix.env"],
+            vec![],
+            vec!["/nonexistent/coreiix.env".into(), "does not exist".into()],
+        ),
         (vec!["--workers"], vec![], vec!["--workers".into()]),
     ];
     for (args, env, needles) in cases {
@@ -150,7 +197,11 @@ fn check_validates_worker_settings_too() {
     let dir = tempfile::tempdir().unwrap();
     let o = plan(dir.path(), &["check"], &[("COREIIX_LISTEN", "nowhere")]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("\"nowhere\" from the environment variable COREIIX_LISTEN"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"nowhere\" from the environment variable COREIIX_LISTEN"),
+        "{}",
+        stderr(&o)
+    );
     let o = plan(dir.path(), &["check"], &[("DEPLOYMENT_PROFILE", "small")]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("configuration OK: small profile, 2 workers"));
@@ -165,7 +216,10 @@ fn affinity_is_counted_by_the_real_binary() {
         .output()
         .expect("taskset (util-linux) runs");
     let v = json(&o);
-    assert_eq!((v["cpus"].as_u64(), v["workers"].as_u64(), v["sources"]["cpus"].as_str()), (Some(1), Some(3), Some("detected")));
+    assert_eq!(
+        (v["cpus"].as_u64(), v["workers"].as_u64(), v["sources"]["cpus"].as_str()),
+        (Some(1), Some(3), Some("detected"))
+    );
 }
 
 #[test]

@@ -13,8 +13,9 @@ fn example_names() -> BTreeSet<String> {
         .filter_map(|l| {
             let l = l.trim_start_matches('#').trim_start();
             let (name, _) = l.split_once('=')?;
-            (!name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-                .then(|| name.to_owned())
+            (!name.is_empty()
+                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| name.to_owned())
         })
         .collect()
 }
@@ -63,7 +64,9 @@ fn no_code_reads_the_environment_behind_the_catalogues_back() {
             let text = std::fs::read_to_string(&path).unwrap();
             let allowed = path.ends_with("config/mod.rs");
             for (n, line) in text.lines().enumerate() {
-                let reads = ["env::var(", "env::var_os(", "env::vars(", "env::vars_os("].iter().any(|p| line.contains(p));
+                let reads = ["env::var(", "env::var_os(", "env::vars(", "env::vars_os("]
+                    .iter()
+                    .any(|p| line.contains(p));
                 if reads && !allowed {
                     offenders.push(format!("{}:{}", path.strip_prefix(&src).unwrap().display(), n + 1));
                 }

@@ -96,7 +96,9 @@ fn sigterm_drains_a_slow_request_then_exits_0() {
     let addr = up.addr;
     let slow = std::thread::spawn(move || get(addr, "/debug/delay?ms=1500", 10 * SECOND));
     wait_until("the slow request to be in flight", 5 * SECOND, || {
-        (0..4).any(|_| get(addr, "/metrics", SECOND).is_ok_and(|m| m.body.contains("coreiix_http_requests_in_flight 2")))
+        (0..4).any(|_| {
+            get(addr, "/metrics", SECOND).is_ok_and(|m| m.body.contains("coreiix_http_requests_in_flight 2"))
+        })
     });
     up.proc.signal(libc::SIGTERM);
     let answer = slow.join().unwrap().expect("the in-flight request completes");

@@ -39,7 +39,11 @@ fn answers_http_on_an_inherited_tcp_socket_and_talks_to_systemd() {
     assert_eq!(missing.status, 404);
     assert!(missing.body.contains("\"error\":\"not found\""), "{}", missing.body);
     let metrics = get(addr, "/metrics", SECOND).unwrap();
-    assert!(metrics.body.contains("coreiix_http_requests_total{route=\"/healthz\",status=\"200\"} 1"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("coreiix_http_requests_total{route=\"/healthz\",status=\"200\"} 1"),
+        "{}",
+        metrics.body
+    );
     assert!(metrics.body.contains("process_resident_memory_bytes"), "{}", metrics.body);
 
     // A live STATUS= line follows the traffic, and the watchdog is pinged at half its interval.
@@ -117,7 +121,10 @@ fn a_passed_fd_that_is_not_a_listening_stream_socket_is_a_config_error() {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("fd 3 is not a listening TCP or Unix stream socket (it is not a stream socket)"), "{err}");
+    assert!(
+        err.contains("fd 3 is not a listening TCP or Unix stream socket (it is not a stream socket)"),
+        "{err}"
+    );
 
     // A stream socket that was never put into listening state is refused as well.
     let idle = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -16,9 +16,8 @@ pub struct EnvFile {
 
 impl EnvFile {
     pub fn read(path: &Path) -> Result<EnvFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(format!("cannot read env file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read env file {}: {e}", path.display())))?;
         EnvFile::parse(path, &text)
     }
 
@@ -52,12 +51,12 @@ impl EnvFile {
 
     /// The value of a setting; the last assignment in the file wins.
     pub fn value(&self, setting: &'static Setting) -> Option<Value> {
-        self.entries.iter().rev().find(|(k, v, _)| k == setting.name && !v.is_empty()).map(
-            |(_, v, line)| Value {
+        self.entries.iter().rev().find(|(k, v, _)| k == setting.name && !v.is_empty()).map(|(_, v, line)| {
+            Value {
                 text: v.clone(),
                 origin: Origin::EnvFile { name: setting.name, path: self.path.clone(), line: *line },
-            },
-        )
+            }
+        })
     }
 
     /// Keys that are not configuration settings, with their lines.

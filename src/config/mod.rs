@@ -102,11 +102,7 @@ impl Value {
     pub fn parse_in_range(&self, min: u64, max: u64) -> Result<u64, ConfigError> {
         let accepted = format!("a whole number from {min} to {max}");
         let n: u64 = self.parse(&accepted)?;
-        if (min..=max).contains(&n) {
-            Ok(n)
-        } else {
-            Err(self.invalid(&accepted))
-        }
+        if (min..=max).contains(&n) { Ok(n) } else { Err(self.invalid(&accepted)) }
     }
 
     pub fn parse_bool(&self) -> Result<bool, ConfigError> {
@@ -119,10 +115,7 @@ impl Value {
 
     /// The error for this value: names the value, its origin and what is accepted.
     pub fn invalid(&self, accepted: &str) -> ConfigError {
-        ConfigError::new(format!(
-            "invalid value {:?} from {}: expected {accepted}",
-            self.text, self.origin
-        ))
+        ConfigError::new(format!("invalid value {:?} from {}: expected {accepted}", self.text, self.origin))
     }
 }
 

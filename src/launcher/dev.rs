@@ -83,7 +83,8 @@ mod tests {
     fn finds_the_worker_executable_in_cargo_messages() {
         let line = r#"{"reason":"compiler-artifact","target":{"name":"coreiix","kind":["bin"]},"executable":"/t/debug/coreiix"}"#;
         assert_eq!(artifact_executable(line), Some(PathBuf::from("/t/debug/coreiix")));
-        let lib = r#"{"reason":"compiler-artifact","target":{"name":"coreiix","kind":["lib"]},"executable":null}"#;
+        let lib =
+            r#"{"reason":"compiler-artifact","target":{"name":"coreiix","kind":["lib"]},"executable":null}"#;
         assert_eq!(artifact_executable(lib), None);
         assert_eq!(artifact_executable("not json"), None);
     }

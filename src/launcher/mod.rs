@@ -61,7 +61,9 @@ pub fn main(ctx: Context, listen: Option<Value>) -> anyhow::Result<ExitCode> {
         println!("note: {note}");
     }
     if plan.reload && dev.is_none() {
-        println!("note: auto-reload needs a Coreiix checkout (run `up` where its Cargo.toml is); serving without it");
+        println!(
+            "note: auto-reload needs a Coreiix checkout (run `up` where its Cargo.toml is); serving without it"
+        );
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,4 +103,3 @@ fn worker_binary(ctx: &Context) -> anyhow::Result<PathBuf> {
         .into())
     }
 }
-

@@ -48,9 +48,7 @@ impl WorkerCommand {
             // Move each socket out of the range 3..3+n so that placing them in the child can
             // never overwrite one not yet placed.
             // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we own, or -1.
-            let fd = unsafe {
-                libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FD + 64)
-            };
+            let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FD + 64) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).context("cannot duplicate the listening socket");
             }

@@ -318,7 +318,14 @@ impl Supervisor {
             tokio::time::sleep(timeout).await;
             let _ = tx.send(Event::ReadyTimeout { id });
         });
-        Ok(Worker { slot, pid, ready: false, stopping: false, started: Instant::now(), tasks: vec![listener, timer] })
+        Ok(Worker {
+            slot,
+            pid,
+            ready: false,
+            stopping: false,
+            started: Instant::now(),
+            tasks: vec![listener, timer],
+        })
     }
 
     fn terminate(&mut self, id: u64) {
@@ -444,7 +451,11 @@ impl Supervisor {
     /// Starts the next slot's replacement, or finishes the roll.
     fn step_roll(&mut self) {
         while let Some(slot) = self.roll.as_mut().and_then(|r| r.pending.pop_front()) {
-            let old = self.workers.iter().find(|(_, w)| w.slot == slot && w.ready && !w.stopping).map(|(id, _)| *id);
+            let old = self
+                .workers
+                .iter()
+                .find(|(_, w)| w.slot == slot && w.ready && !w.stopping)
+                .map(|(id, _)| *id);
             let Some(old) = old else { continue };
             if let Some(new) = self.spawn(slot) {
                 if let Some(roll) = &mut self.roll {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use cpus::detect_cpus;
-pub use report::{render, Format};
+pub use report::{Format, render};
 
 use crate::config::{Config, Origin, Source, Value};
 use crate::error::ConfigError;

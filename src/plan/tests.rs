@@ -180,7 +180,10 @@ fn profile_names_are_case_insensitive() {
 
 #[test]
 fn the_env_file_never_overrides_the_environment() {
-    let cfg = config(&[("WORKERS", "3"), ("DEPLOYMENT_PROFILE", "small")], "WORKERS=9\nDEPLOYMENT_PROFILE=enterprise\n");
+    let cfg = config(
+        &[("WORKERS", "3"), ("DEPLOYMENT_PROFILE", "small")],
+        "WORKERS=9\nDEPLOYMENT_PROFILE=enterprise\n",
+    );
     let plan = plan(&Overrides::default(), &cfg, 2).unwrap();
     assert_eq!((plan.profile, plan.workers), (Profile::Small, 3));
 }

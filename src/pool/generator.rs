@@ -111,7 +111,11 @@ mod tests {
         let files = units(&plan_for("50%"), Path::new("/opt/x/coreiix-plan"));
         assert_eq!(files.len(), 2);
         assert!(files[0].1.contains("Requires=coreiix-config-error.service"));
-        assert!(files[0].1.contains("invalid value \"50%%\" from the environment variable WORKERS"), "{}", files[0].1);
+        assert!(
+            files[0].1.contains("invalid value \"50%%\" from the environment variable WORKERS"),
+            "{}",
+            files[0].1
+        );
         assert_eq!(files[1].0, "coreiix-config-error.service");
         assert!(files[1].1.contains("ExecStart=/opt/x/coreiix-plan check\n"));
     }

@@ -44,11 +44,7 @@ fn systemctl(args: &[String]) -> anyhow::Result<String> {
         .output()
         .context("cannot run systemctl (is this a systemd host?)")?;
     if !output.status.success() {
-        bail!(
-            "systemctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("systemctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -64,12 +60,15 @@ pub fn instances(planned: u32) -> anyhow::Result<Vec<Instance>> {
     ])?;
     let mut numbers: Vec<u32> = listed
         .lines()
-        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("coreiix@")?.strip_suffix(".service")?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace().next()?.strip_prefix("coreiix@")?.strip_suffix(".service")?.parse().ok()
+        })
         .chain(1..=planned)
         .collect();
     numbers.sort_unstable();
     numbers.dedup();
-    let mut args: Vec<String> = vec!["show".into(), "-p".into(), "Id,ActiveState,SubState,StatusText,MainPID".into()];
+    let mut args: Vec<String> =
+        vec!["show".into(), "-p".into(), "Id,ActiveState,SubState,StatusText,MainPID".into()];
     args.extend(numbers.iter().map(|&n| Instance::unit(n)));
     let shown = systemctl(&args)?;
     Ok(parse_show(&shown))
@@ -113,7 +112,11 @@ fn render_status(plan: &crate::plan::Plan, instances: &[Instance]) -> String {
     );
     let ready = instances.iter().filter(|i| i.ready()).count();
     let _ = writeln!(out, "running: {ready} ready of {} planned", plan.workers);
-    let _ = writeln!(out, "{:<10} {:<8} {:<12} {:<6} {:<8} status", "instance", "planned", "state", "ready", "pid");
+    let _ = writeln!(
+        out,
+        "{:<10} {:<8} {:<12} {:<6} {:<8} status",
+        "instance", "planned", "state", "ready", "pid"
+    );
     for i in instances {
         let planned = if i.number <= plan.workers { "yes" } else { "no" };
         let state = format!("{}/{}", i.active, i.sub);
@@ -163,19 +166,19 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
         "pool now runs {} workers ({} profile){}",
         plan.workers,
         plan.profile,
-        if persist { ", saved" } else { "; not saved: the next boot or daemon-reload uses the env file (add --persist)" }
+        if persist {
+            ", saved"
+        } else {
+            "; not saved: the next boot or daemon-reload uses the env file (add --persist)"
+        }
     );
     Ok(())
 }
 
 /// Writes the requested change into the env file that the generator and instances read.
 fn persist_change(ctx: &Context, args: &PlanArgs) -> anyhow::Result<()> {
-    let path = ctx
-        .config
-        .file
-        .as_ref()
-        .map(|f| f.path().to_owned())
-        .unwrap_or_else(|| SYSTEM_ENV_FILE.into());
+    let path =
+        ctx.config.file.as_ref().map(|f| f.path().to_owned()).unwrap_or_else(|| SYSTEM_ENV_FILE.into());
     if is_nix_managed(&path) {
         return Err(ConfigError::new(format!(
             "{} is managed by NixOS and cannot be changed here: set services.coreiix.workers \
@@ -203,7 +206,8 @@ fn persist_change(ctx: &Context, args: &PlanArgs) -> anyhow::Result<()> {
 
 /// On NixOS the env file is a symlink into the read-only store.
 fn is_nix_managed(path: &Path) -> bool {
-    std::fs::read_link(path).is_ok_and(|target| target.starts_with("/nix/store") || target.starts_with("/etc/static"))
+    std::fs::read_link(path)
+        .is_ok_and(|target| target.starts_with("/nix/store") || target.starts_with("/etc/static"))
         || std::fs::canonicalize(path).is_ok_and(|p| p.starts_with("/nix/store"))
 }
 

@@ -60,9 +60,10 @@ impl AppState {
     }
 
     fn request_id(&self, req: &Request) -> HeaderValue {
-        let given = req.headers().get("x-request-id").filter(|v| {
-            v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-        });
+        let given = req
+            .headers()
+            .get("x-request-id")
+            .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()));
         match given {
             Some(v) => v.clone(),
             None => {
@@ -84,10 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.diagnostics {
         router = router.route("/debug/delay", get(delay));
     }
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
 }
 
 /// Answers one request through `router`: enforces the body limit and request timeout, counts
@@ -192,11 +190,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         ("threads", i.threads.to_string()),
         ("version", VERSION.to_owned()),
     ]);
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response()
 }
 
 #[derive(Deserialize)]
@@ -289,7 +283,10 @@ mod tests {
         assert_eq!(call(&s, big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
         let (status, body, _) = call(&s, get("/debug/delay?ms=5000")).await;
         // The handler caps itself at the timeout, so either answer is a bounded one.
-        assert!(status == StatusCode::SERVICE_UNAVAILABLE || body.contains("\"slept_ms\":200"), "{status} {body}");
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE || body.contains("\"slept_ms\":200"),
+            "{status} {body}"
+        );
     }
 
     #[tokio::test]

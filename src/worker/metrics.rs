@@ -106,10 +106,8 @@ impl Metrics {
         let mut cumulative = 0;
         for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
             cumulative += count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "coreiix_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
+            let _ =
+                writeln!(out, "coreiix_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let total = self.served();
         let _ = writeln!(out, "coreiix_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}");

@@ -35,10 +35,9 @@ impl WorkerSettings {
     pub fn from_config(config: &Config) -> Result<WorkerSettings, ConfigError> {
         let plan = plan::plan(&Overrides::default(), config, plan::detect_cpus())?;
         let get = |s: &'static Setting| {
-            config.value(s).unwrap_or(Value {
-                text: s.default.to_owned(),
-                origin: crate::config::Origin::Default,
-            })
+            config
+                .value(s)
+                .unwrap_or(Value { text: s.default.to_owned(), origin: crate::config::Origin::Default })
         };
         let seconds = |s, min, max| get(s).parse_in_range(min, max).map(Duration::from_secs);
         Ok(WorkerSettings {

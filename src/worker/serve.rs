@@ -89,7 +89,7 @@ pub async fn serve(
     };
     notifier.ready(&status(&state));
 
-    let status_task = tokio::spawn(report_status(state.clone(), notifier, status.clone()));
+    let status_task = tokio::spawn(report_status(state.clone(), notifier, status));
     let watchdog_task = notifier.watchdog_every.map(|every| tokio::spawn(watchdog(notifier, every)));
 
     tokio::select! {
@@ -127,19 +127,12 @@ pub async fn serve(
 }
 
 fn second_signal(state: &AppState) -> ! {
-    tracing::warn!(
-        "second signal: exiting at once, abandoning {} requests",
-        state.metrics.in_flight()
-    );
+    tracing::warn!("second signal: exiting at once, abandoning {} requests", state.metrics.in_flight());
     std::process::exit(i32::from(crate::error::EXIT_FAILURE));
 }
 
 /// Keeps `systemctl status` current: at most once a second, only when something changed.
-async fn report_status(
-    state: Arc<AppState>,
-    notifier: Notifier,
-    status: impl Fn(&AppState) -> String,
-) {
+async fn report_status(state: Arc<AppState>, notifier: Notifier, status: impl Fn(&AppState) -> String) {
     if !notifier.enabled() {
         return;
     }

@@ -153,14 +153,13 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<R
 
 pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, format!("incomplete response: {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, format!("bad status line: {head:?}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(ErrorKind::UnexpectedEof, format!("incomplete response: {text:?}"))
+    })?;
+    let status =
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            std::io::Error::new(ErrorKind::InvalidData, format!("bad status line: {head:?}"))
+        })?;
     Ok(Response { status, headers: head.to_owned(), body: body.to_owned() })
 }
 
@@ -170,7 +169,9 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) -> Response {
     loop {
         match get(addr, path, Duration::from_secs(2)) {
             Ok(r) if r.status == 200 => return r,
-            other => assert!(Instant::now() < deadline, "no 200 from {addr}{path} within {limit:?}: {other:?}"),
+            other => {
+                assert!(Instant::now() < deadline, "no 200 from {addr}{path} within {limit:?}: {other:?}")
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -283,7 +284,9 @@ impl NotifySocket {
         let deadline = Instant::now() + limit;
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(m) = self.received.lock().unwrap().iter().find(|m| m.lines().any(|l| l.starts_with(prefix))) {
+            if let Some(m) =
+                self.received.lock().unwrap().iter().find(|m| m.lines().any(|l| l.starts_with(prefix)))
+            {
                 return m.clone();
             }
             assert!(
