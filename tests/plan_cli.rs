@@ -231,3 +231,35 @@ fn generator_writes_the_wants_drop_in() {
     let text = std::fs::read_to_string(out.join("coreiix.target.d/50-workers.conf")).unwrap();
     assert!(text.contains("Wants=coreiix@1.service coreiix@2.service coreiix@3.service"), "{text}");
 }
+
+/// A cgroup CPU quota of one CPU makes enterprise plan 3 workers, whatever the host has.
+/// Creates a real cgroup (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), so it needs root.
+#[test]
+fn cgroup_cpu_quota_is_counted_by_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("coreiix-test-{}", std::process::id());
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let cgroup = if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")) {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+        let path = std::path::PathBuf::from("/sys/fs/cgroup").join(&name);
+        std::fs::create_dir(&path).expect("create a cgroup v2 (needs root)");
+        std::fs::write(path.join("cpu.max"), "100000 100000").unwrap();
+        path
+    } else {
+        let path = std::path::PathBuf::from("/sys/fs/cgroup/cpu").join(&name);
+        std::fs::create_dir(&path).expect("create a cgroup v1 cpu group (needs root and a cgroup)");
+        std::fs::write(path.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(path.join("cpu.cfs_quota_us"), "100000").unwrap();
+        path
+    };
+    let procs = cgroup.join("cgroup.procs");
+    let o = command("sh", dir.path())
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec {PLANNER} --format json --profile enterprise", procs.display()))
+        .output()
+        .unwrap();
+    let removed = std::fs::remove_dir(&cgroup);
+    let v = json(&o);
+    removed.unwrap();
+    assert_eq!((v["cpus"].as_u64(), v["workers"].as_u64()), (Some(1), Some(3)), "{v}");
+}
