@@ -51,6 +51,16 @@ fn answering_pids(addr: SocketAddr, tries: usize) -> std::collections::BTreeSet<
 fn three_workers_share_one_socket() {
     let mut up = up(&["--workers", "3"], &[]);
     let pids = wait_for_workers(&up, 3);
+    // Each worker got the socket exactly as systemd passes it: LISTEN_PID names the worker.
+    for pid in &pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<String> =
+            environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        assert!(vars.contains(&format!("LISTEN_PID={pid}")), "{vars:?}");
+        assert!(vars.contains(&"LISTEN_FDS=1".to_owned()), "{vars:?}");
+        assert!(vars.contains(&"WORKERS=3".to_owned()), "{vars:?}");
+        assert!(vars.iter().any(|v| v.starts_with("NOTIFY_SOCKET=/")), "{vars:?}");
+    }
     let load = Load::start(up.addr, 8, 3 * SECOND);
     let report = load.finish_after(2 * SECOND);
     assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");

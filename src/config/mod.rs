@@ -150,6 +150,11 @@ impl Environment {
             .map(|text| Value { text: text.to_owned(), origin: Origin::Env { name: setting.name } })
     }
 
+    /// Every variable, for handing the environment on to a child process.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// `COREIIX_*` variables that no code reads: most likely typos.
     fn unknown_names(&self) -> impl Iterator<Item = &str> {
         self.vars

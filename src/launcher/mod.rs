@@ -46,7 +46,7 @@ pub fn main(ctx: Context, listen: Option<Value>) -> anyhow::Result<ExitCode> {
         Some(_) => None, // built by the dev loop before the first worker starts
         None => Some(worker_binary(&ctx)?),
     };
-    let command = WorkerCommand::new(program, &plan, &ctx.config, listeners)?;
+    let command = WorkerCommand::new(program, &plan, &ctx.config, &ctx.env, listeners)?;
 
     println!(
         "coreiix-plan up: {} profile, {} worker{}, {} thread{} each, on {where_}{}",

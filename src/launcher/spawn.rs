@@ -1,24 +1,29 @@
-//! Starting one worker: the LISTEN_FDS protocol by hand, as systemd does it.
+//! Starting one worker: the LISTEN_FDS protocol by hand, exactly as systemd does it, including
+//! a `LISTEN_PID` that names the worker itself.
 
-use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::plan::Plan;
 use crate::settings;
 use crate::socket::StdListener;
 
 /// Inherited fds start here in the child, as the protocol says.
 const FIRST_FD: RawFd = 3;
+/// Room for the decimal PID in `LISTEN_PID=`, plus its terminating NUL.
+const PID_DIGITS: usize = 12;
 
-/// How to start a worker; cheap to reuse for every spawn.
+/// How to start a worker; reused for every spawn.
 pub struct WorkerCommand {
     pub program: Option<PathBuf>,
-    env: Vec<(&'static str, OsString)>,
+    /// The environment every worker gets (before its slot and notify socket are added).
+    env: Vec<(String, String)>,
     /// The listening sockets, kept at fd numbers above any the child will be given.
     fds: Vec<OwnedFd>,
 }
@@ -28,21 +33,38 @@ impl WorkerCommand {
         program: Option<PathBuf>,
         plan: &Plan,
         config: &Config,
+        base: &Environment,
         listeners: Vec<StdListener>,
     ) -> anyhow::Result<WorkerCommand> {
         // The plan travels in the environment, which beats the env file, so every worker sizes
         // itself exactly as planned here (command-line overrides included).
-        let mut env: Vec<(&'static str, OsString)> = vec![
-            (settings::DEPLOYMENT_PROFILE.name, plan.profile.name().into()),
-            (settings::WORKERS.name, plan.workers.to_string().into()),
-            (settings::COREIIX_CPUS.name, plan.cpus.to_string().into()),
-            (settings::COREIIX_THREADS.name, plan.threads.to_string().into()),
-            (settings::LISTEN_FDS.name, listeners.len().to_string().into()),
-            (settings::LISTEN_FDNAMES.name, vec!["coreiix"; listeners.len()].join(":").into()),
+        let mut ours: Vec<(&str, String)> = vec![
+            (settings::DEPLOYMENT_PROFILE.name, plan.profile.name().to_owned()),
+            (settings::WORKERS.name, plan.workers.to_string()),
+            (settings::COREIIX_CPUS.name, plan.cpus.to_string()),
+            (settings::COREIIX_THREADS.name, plan.threads.to_string()),
+            (settings::LISTEN_FDS.name, listeners.len().to_string()),
+            (settings::LISTEN_FDNAMES.name, vec!["coreiix"; listeners.len()].join(":")),
         ];
         if let Some(file) = &config.file {
-            env.push((settings::COREIIX_ENV_FILE.name, file.path().as_os_str().to_owned()));
+            ours.push((settings::COREIIX_ENV_FILE.name, file.path().display().to_string()));
         }
+        // Our own socket-activation and watchdog variables are not the worker's; the slot,
+        // notify socket and LISTEN_PID are set per spawn.
+        let dropped = [
+            settings::LISTEN_PID.name,
+            settings::WATCHDOG_USEC.name,
+            settings::WATCHDOG_PID.name,
+            settings::NOTIFY_SOCKET.name,
+            settings::COREIIX_INSTANCE.name,
+        ];
+        let mut env: Vec<(String, String)> = base
+            .iter()
+            .filter(|(k, _)| !dropped.contains(k) && !ours.iter().any(|(o, _)| o == k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
+
         let mut fds = Vec::new();
         for listener in &listeners {
             // Move each socket out of the range 3..3+n so that placing them in the child can
@@ -53,30 +75,26 @@ impl WorkerCommand {
                 return Err(std::io::Error::last_os_error()).context("cannot duplicate the listening socket");
             }
             // SAFETY: `fd` was just created and is owned by nothing else.
-            fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         Ok(WorkerCommand { program, env, fds })
     }
 
-    /// A command for `slot`, reporting to the notify socket `notify` (abstract, `@...`).
+    /// A command for `slot`, reporting to the notify socket at `notify`.
     pub fn command(&self, slot: u32, notify: &str) -> anyhow::Result<tokio::process::Command> {
         let program = self.program.as_ref().context("no worker executable yet")?;
+        let mut exec = Exec::new(program, &self.env, slot, notify)?;
+        let fds: Vec<RawFd> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
+
         let mut cmd = tokio::process::Command::new(program);
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(settings::COREIIX_INSTANCE.name, slot.to_string())
-            .env(settings::NOTIFY_SOCKET.name, notify)
-            // Our own watchdog and socket bookkeeping are not the worker's.
-            .env_remove(settings::LISTEN_PID.name)
-            .env_remove(settings::WATCHDOG_USEC.name)
-            .env_remove(settings::WATCHDOG_PID.name)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches only the launcher, which then
             // drains each worker once instead of every worker seeing two signals.
             .process_group(0)
             .kill_on_drop(false);
-        let fds: Vec<RawFd> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
-        // SAFETY: between fork and exec this only calls async-signal-safe functions (dup2,
-        // fcntl, prctl, getppid, kill) on fds owned by the parent, and allocates nothing.
+        // SAFETY: between fork and exec this calls only async-signal-safe functions (dup2,
+        // prctl, getpid, execve) and writes into memory prepared before the fork; it
+        // allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 for (i, &fd) in fds.iter().enumerate() {
@@ -87,9 +105,87 @@ impl WorkerCommand {
                 }
                 // A worker must not outlive a launcher killed with SIGKILL.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
+                exec.run()
             });
         }
         Ok(cmd)
+    }
+}
+
+/// An `execve` prepared before the fork, so that the child only has to write its own PID
+/// into `LISTEN_PID=` (which only the child knows) and exec.
+struct Exec {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp: Vec<Vec<u8>>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// Where the PID digits go, inside one of `envp`'s buffers.
+    pid_at: *mut u8,
+}
+
+// SAFETY: the raw pointers point into buffers owned by the same value, which moves as a whole.
+unsafe impl Send for Exec {}
+unsafe impl Sync for Exec {}
+
+impl Exec {
+    fn new(
+        program: &std::path::Path,
+        env: &[(String, String)],
+        slot: u32,
+        notify: &str,
+    ) -> anyhow::Result<Exec> {
+        let cstring =
+            |bytes: &[u8]| CString::new(bytes).context("a NUL byte in the worker's command or environment");
+        let program = cstring(program.as_os_str().as_bytes())?;
+        let argv = vec![program.clone()];
+        let mut envp: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 3);
+        let per_spawn = [
+            (settings::COREIIX_INSTANCE.name, slot.to_string()),
+            (settings::NOTIFY_SOCKET.name, notify.to_owned()),
+        ];
+        for (k, v) in env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(per_spawn.iter().map(|(k, v)| (*k, v.as_str())))
+        {
+            let entry = cstring(format!("{k}={v}").as_bytes())?;
+            envp.push(entry.into_bytes_with_nul());
+        }
+        let mut listen_pid = format!("{}=", settings::LISTEN_PID.name).into_bytes();
+        let digits_from = listen_pid.len();
+        listen_pid.resize(digits_from + PID_DIGITS, 0);
+        envp.push(listen_pid);
+        let pid_at = envp.last_mut().expect("just pushed")[digits_from..].as_mut_ptr();
+
+        let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        let envp_ptrs = envp.iter().map(|e| e.as_ptr().cast()).chain([std::ptr::null()]).collect();
+        Ok(Exec { program, _argv: argv, argv_ptrs, envp, envp_ptrs, pid_at })
+    }
+
+    /// In the forked child: fill in `LISTEN_PID` and exec. Returns only on failure.
+    fn run(&mut self) -> std::io::Result<()> {
+        let _ = &self.envp; // the buffers the pointers refer to live as long as `self`
+        // SAFETY: getpid is async-signal-safe; the digits fit in PID_DIGITS - 1 bytes (a pid
+        // is at most 10 digits) and the buffer stays NUL-terminated.
+        unsafe {
+            let mut pid = libc::getpid() as u32;
+            let mut digits = [0u8; PID_DIGITS];
+            let mut n = 0;
+            loop {
+                digits[n] = b'0' + (pid % 10) as u8;
+                n += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            for i in 0..n {
+                *self.pid_at.add(i) = digits[n - 1 - i];
+            }
+            *self.pid_at.add(n) = 0;
+            libc::execve(self.program.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr());
+        }
+        Err(std::io::Error::last_os_error())
     }
 }
