@@ -187,3 +187,24 @@ fn up_reuses_an_inherited_socket() {
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait_for(20 * SECOND).code(), Some(0));
 }
+
+/// Fifteen rolling restarts in a row under load: a draining worker must answer the connections
+/// it accepted just before it stopped accepting, so not one request may fail.
+#[test]
+fn repeated_rolling_restarts_fail_no_request() {
+    let mut up = up(&["--workers", "2"], &[]);
+    wait_for_workers(&up, 2);
+    let load = Load::start(up.addr, 8, 60 * SECOND);
+    for _ in 0..15 {
+        up.proc.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let report = load.finish();
+    println!(
+        "15 rolling restarts under load: {} ok, {} refused, {} failed",
+        report.ok, report.refused, report.failed
+    );
+    assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
+    up.proc.signal(libc::SIGTERM);
+    assert_eq!(up.proc.wait_for(20 * SECOND).code(), Some(0));
+}

@@ -170,3 +170,39 @@ fn oversized_headers_are_refused_with_431() {
     let _ = s.read_to_end(&mut raw);
     assert_eq!(support::parse_response(&raw).unwrap().status, 431);
 }
+
+/// A connection accepted just before SIGTERM, whose request is still on its way, is answered;
+/// an idle keep-alive connection is closed.
+#[test]
+fn draining_answers_a_fresh_connection_and_closes_idle_keep_alive() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, addr) = loopback_listener();
+    let notify = NotifySocket::bind(dir.path());
+    let mut cmd = command(WORKER, dir.path());
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    pass_fd_3(&mut cmd, listener.as_raw_fd());
+    let mut worker = Proc::spawn(&mut cmd);
+    drop(listener);
+    notify.wait_for("READY=1", 10 * SECOND);
+
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(5 * SECOND)).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    let mut fresh = std::net::TcpStream::connect(addr).unwrap();
+    fresh.set_read_timeout(Some(5 * SECOND)).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // accepted by the worker, nothing sent yet
+
+    worker.signal(libc::SIGTERM);
+    notify.wait_for("STOPPING=1", 5 * SECOND);
+    assert_eq!(idle.read(&mut buf).unwrap(), 0, "the idle keep-alive connection is closed");
+    fresh.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    fresh.read_to_end(&mut raw).unwrap();
+    let answer = support::parse_response(&raw).unwrap();
+    assert_eq!(answer.status, 200);
+    // read_to_end returned: the worker closed the connection after answering.
+    assert_eq!(worker.wait_for(10 * SECOND).code(), Some(0));
+}

@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::WorkerSettings;
 use super::app::{self, AppState, Limits, WorkerInfo};
@@ -47,9 +46,10 @@ pub async fn serve(
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    // Shared by the accept loops; unwrapped again once they have all returned.
-    let graceful = Arc::new(GracefulShutdown::new());
+    // `stopped` tells accept loops and connections to wind down; every connection task holds
+    // a clone of `open`, so `all_closed` ends once the last one has finished.
     let (stop_accepting, stopped) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut addresses = Vec::new();
     let mut acceptors = Vec::new();
     for listener in listeners {
@@ -58,7 +58,7 @@ pub async fn serve(
             state: state.clone(),
             router: router.clone(),
             http: http.clone(),
-            graceful: graceful.clone(),
+            open: open.clone(),
             stop: stopped.clone(),
         };
         acceptors.push(match listener {
@@ -103,11 +103,11 @@ pub async fn serve(
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
-    let graceful = Arc::into_inner(graceful).expect("accept loops have returned");
+    drop(open);
 
     let in_flight = state.metrics.in_flight();
     tokio::select! {
-        _ = graceful.shutdown() => {
+        _ = all_closed.recv() => {
             tracing::info!("drained ({in_flight} requests were in flight); exiting");
         }
         _ = tokio::time::sleep(settings.drain_timeout) => {
@@ -163,7 +163,7 @@ struct Acceptor {
     state: Arc<AppState>,
     router: axum::Router,
     http: http1::Builder,
-    graceful: Arc<GracefulShutdown>,
+    open: mpsc::Sender<()>,
     stop: watch::Receiver<bool>,
 }
 
@@ -201,17 +201,71 @@ impl Acceptor {
     {
         let state = self.state.clone();
         let router = self.router.clone();
+        let first_request = Arc::new(FirstRequest::default());
+        let seen = first_request.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            seen.arrived();
             let response = app::handle(state.clone(), router.clone(), req.map(axum::body::Body::new));
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let connection = self.http.serve_connection(TokioIo::new(stream), service);
-        let connection = self.graceful.watch(connection);
+        let mut stop = self.stop.clone();
+        let open = self.open.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _open = open;
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.changed() => {
+                    // Draining. A connection that has not sent its first request yet was
+                    // accepted just before we stopped accepting: its request is on the way and
+                    // must be answered, not cut off. So wait for it (the header timeout bounds
+                    // the wait); every other connection finishes what it is doing and closes.
+                    let finished = if first_request.seen() {
+                        None
+                    } else {
+                        tokio::select! {
+                            result = connection.as_mut() => Some(result),
+                            _ = first_request.wait() => None,
+                        }
+                    };
+                    match finished {
+                        Some(result) => result,
+                        None => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!("connection ended with an error: {e}");
             }
         });
+    }
+}
+
+/// Whether a connection has started its first request, and a way to wait for it.
+#[derive(Default)]
+struct FirstRequest {
+    seen: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, Relaxed) {
+            // notify_one keeps a permit if nobody waits yet, so no wake-up is lost.
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Relaxed)
+    }
+
+    async fn wait(&self) {
+        self.notify.notified().await;
     }
 }
 

@@ -18,14 +18,14 @@
 # Requirements: root, systemd, util-linux, coreutils (Debian 12 base). There is no
 # "skip" mode: if the box cannot be booted this script says why and exits non-zero.
 #
-# Environment: COREIIX_BOX_TIMEOUT  seconds to wait for boot and for power-off (default 60)
+# Environment: SYSTEMD_BOX_TIMEOUT  seconds to wait for boot and for power-off (default 60)
 #              TMPDIR               where the per-box temporary directory is created
 set -euo pipefail
 
 readonly MARKER=.coreiix-box
 readonly BOX_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-TIMEOUT=${COREIIX_BOX_TIMEOUT:-60}
-[[ $TIMEOUT =~ ^[0-9]+$ ]] || { echo "systemd-box: error: COREIIX_BOX_TIMEOUT must be whole seconds" >&2; exit 1; }
+TIMEOUT=${SYSTEMD_BOX_TIMEOUT:-60}
+[[ $TIMEOUT =~ ^[0-9]+$ ]] || { echo "systemd-box: error: SYSTEMD_BOX_TIMEOUT must be whole seconds" >&2; exit 1; }
 SELF=$(readlink -f -- "${BASH_SOURCE[0]}")
 
 say() { printf 'systemd-box: %s\n' "$*" >&2; }

@@ -23,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// Upper bound for one command run with [`SystemdBox::sh`], so a hung command fails the
-/// test instead of hanging it. Override with `COREIIX_BOX_CMD_TIMEOUT` (seconds).
+/// test instead of hanging it. Override with `SYSTEMD_BOX_CMD_TIMEOUT` (seconds).
 const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A running box. Powered off (and its temporary files removed) on drop.
@@ -41,7 +41,7 @@ fn script() -> PathBuf {
 }
 
 fn cmd_timeout() -> String {
-    std::env::var("COREIIX_BOX_CMD_TIMEOUT")
+    std::env::var("SYSTEMD_BOX_CMD_TIMEOUT")
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_CMD_TIMEOUT.as_secs().to_string())
