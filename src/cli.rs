@@ -57,7 +57,12 @@ pub enum Command {
     /// Print the plan (the default command)
     Show,
     /// Check the whole configuration; exit 2 with the error if it is invalid
-    Check,
+    Check {
+        /// Run by the generator's error unit: fail even once the configuration is fixed,
+        /// because coreiix.target was planned from the invalid one until a daemon-reload
+        #[arg(long, hide = true)]
+        planned_invalid: bool,
+    },
     /// Run the plan without systemd: bind the socket once and supervise N workers
     Up {
         /// Address to listen on when no socket is inherited [env: COREIIX_LISTEN]
@@ -133,10 +138,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             out.write_all(plan::render(&plan, cli.format).as_bytes()).context("cannot write the plan")?;
         }
-        Command::Check => {
+        Command::Check { planned_invalid } => {
             let plan = ctx.plan()?;
             WorkerSettings::from_config(&ctx.config)?;
             crate::logging::Logging::from_config(&ctx.config)?;
+            launcher::ready_timeout(&ctx.config)?;
+            if ctx.config.value(&crate::settings::COREIIX_WORKER_BIN).is_some() {
+                launcher::worker_binary(&ctx)?;
+            }
+            if planned_invalid {
+                return Err(ConfigError::new(
+                    "the configuration is valid now, but coreiix.target was planned from an invalid \
+                     one: run systemctl daemon-reload, then systemctl start coreiix.target",
+                )
+                .into());
+            }
             println!(
                 "configuration OK: {} profile, {} worker{}",
                 plan.profile,
@@ -161,9 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Parses `--listen`/`COREIIX_LISTEN` for the front ends that bind.
 pub fn listen_addr(cli: Option<Value>, config: &Config) -> Result<ListenAddr, ConfigError> {
-    let value = config.layered(cli, &crate::settings::COREIIX_LISTEN).unwrap_or(Value {
-        text: crate::settings::COREIIX_LISTEN.default.to_owned(),
-        origin: crate::config::Origin::Default,
-    });
+    let setting = &crate::settings::COREIIX_LISTEN;
+    let value = cli.unwrap_or_else(|| config.value_or_default(setting));
     ListenAddr::parse(&value)
 }

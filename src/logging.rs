@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Config, Value};
+use crate::config::Config;
 use crate::error::ConfigError;
 use crate::settings::{COREIIX_LOG, JOURNAL_STREAM};
 
@@ -19,10 +19,7 @@ pub struct Logging {
 
 impl Logging {
     pub fn from_config(config: &Config) -> Result<Logging, ConfigError> {
-        let value = config.value(&COREIIX_LOG).unwrap_or(Value {
-            text: COREIIX_LOG.default.to_owned(),
-            origin: crate::config::Origin::Default,
-        });
+        let value = config.value_or_default(&COREIIX_LOG);
         let filter = EnvFilter::builder().parse(value.text.trim()).map_err(|e| {
             value.invalid(&format!("a tracing filter such as info or warn,coreiix=debug ({e})"))
         })?;

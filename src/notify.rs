@@ -21,7 +21,8 @@ impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID`. Call from `main`.
     pub fn from_env(env: &Environment) -> Notifier {
         let enabled = env.get(&NOTIFY_SOCKET).is_some();
-        let watchdog_every = sd_notify::watchdog_enabled().filter(|_| enabled).map(|interval| interval / 2);
+        let watchdog_every =
+            sd_notify::watchdog_enabled().filter(|d| enabled && !d.is_zero()).map(|interval| interval / 2);
         Notifier { enabled, watchdog_every }
     }
 

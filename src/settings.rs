@@ -70,6 +70,8 @@ settings! {
         "Seconds coreiix-plan waits for a started worker's READY=1, 1 to 3600.";
     LISTEN_FDS: Protocol, "unset",
         "Number of inherited listening sockets, from fd 3 (socket activation).";
+    LISTEN_FDS_FIRST_FD: Protocol, "3",
+        "First inherited fd, if not 3 (an extension of systemfd, read by listenfd).";
     LISTEN_PID: Protocol, "unset",
         "PID that the inherited sockets are meant for.";
     LISTEN_FDNAMES: Protocol, "unset",

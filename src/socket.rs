@@ -10,13 +10,17 @@ use std::path::PathBuf;
 use anyhow::Context;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::config::Value;
+use crate::config::{Environment, Value};
+use crate::settings;
+
+/// More inherited sockets than this is a mistake, not a configuration.
+const MAX_INHERITED: u64 = 1024;
 use crate::error::ConfigError;
 
 /// Pending connections the kernel queues for us (systemd's default is 4096 too).
 pub const BACKLOG: i32 = 4096;
 
-/// Where to listen: `HOST:PORT`, `[V6]:PORT`, or `unix:/path`.
+/// Where to listen: `IP:PORT`, `[V6]:PORT`, or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
@@ -33,14 +37,17 @@ impl ListenAddr {
         } else if let Ok(addr) = text.parse() {
             return Ok(ListenAddr::Tcp(addr));
         }
-        Err(value.invalid("HOST:PORT (e.g. 127.0.0.1:8000 or [::1]:8000) or unix:/absolute/path"))
+        Err(value.invalid("IP:PORT (e.g. 127.0.0.1:8000 or [::1]:8000) or unix:/absolute/path"))
     }
 
     /// Binds a non-blocking listening socket with a real backlog.
     pub fn bind(&self) -> anyhow::Result<StdListener> {
         let (domain, addr) = match self {
             ListenAddr::Tcp(a) => (Domain::for_address(*a), SockAddr::from(*a)),
-            ListenAddr::Unix(p) => (Domain::UNIX, SockAddr::unix(p)?),
+            ListenAddr::Unix(p) => {
+                remove_stale_socket(p);
+                (Domain::UNIX, SockAddr::unix(p)?)
+            }
         };
         let socket = Socket::new(domain, Type::STREAM.cloexec(), None)?;
         if matches!(self, ListenAddr::Tcp(_)) {
@@ -59,6 +66,19 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Tcp(a) => write!(f, "{a}"),
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
+    }
+}
+
+/// Removes a Unix socket file left behind by a process that is gone (nobody accepts on it),
+/// so that a restart can bind again; anything else at that path is left alone.
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+    {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -99,7 +119,10 @@ impl StdListener {
 
     /// Every socket passed with `LISTEN_FDS`, validated; empty when none were passed.
     /// Must run before threads start: listenfd clears the protocol's variables.
-    pub fn inherited() -> anyhow::Result<Vec<StdListener>> {
+    pub fn inherited(env: &Environment) -> anyhow::Result<Vec<StdListener>> {
+        if let Some(count) = env.value(&settings::LISTEN_FDS) {
+            count.parse_in_range(0, MAX_INHERITED)?;
+        }
         let mut fds = listenfd::ListenFd::from_env();
         (0..fds.len())
             .filter_map(|i| fds.take_raw_fd(i).transpose())

@@ -240,7 +240,13 @@ fn cgroup_cpu_quota_is_counted_by_the_real_binary() {
     let name = format!("coreiix-test-{}", std::process::id());
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
     let cgroup = if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")) {
-        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+        // cpu.max exists only where the parent delegates the cpu controller.
+        let delegated = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
+        assert!(
+            delegated,
+            "the root cgroup does not delegate the cpu controller (+cpu in cgroup.subtree_control)"
+        );
         let path = std::path::PathBuf::from("/sys/fs/cgroup").join(&name);
         std::fs::create_dir(&path).expect("create a cgroup v2 (needs root)");
         std::fs::write(path.join("cpu.max"), "100000 100000").unwrap();

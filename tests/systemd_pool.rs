@@ -208,9 +208,13 @@ fn apply_rescales_2_5_2_and_restart_rolls_without_a_failed_request() {
     assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
     assert!(report.ok > 100);
 
-    // --persist survives a daemon-reload (and so a reboot): the generator reads the file.
-    pool.b.sh_ok("coreiix-plan apply --workers 4 --persist");
+    // --persist survives a daemon-reload (and so a reboot): the generator reads the file. It
+    // keeps the file readable by the workers' dynamic user whatever the operator's umask.
+    pool.b.sh_ok(
+        "chmod 0644 /etc/coreiix/coreiix.env && (umask 077; coreiix-plan apply --workers 4 --persist)",
+    );
     assert!(pool.b.sh_ok("cat /etc/coreiix/coreiix.env").contains("\nWORKERS=4\n"));
+    assert_eq!(pool.b.sh_ok("stat -c %a /etc/coreiix/coreiix.env").trim(), "644");
     pool.b.sh_ok("systemctl daemon-reload && systemctl restart coreiix.target");
     pool.wait_active(&[1, 2, 3, 4]);
 }

@@ -168,6 +168,18 @@ fn a_worker_configuration_error_stops_up_with_status_2() {
     assert!(err.contains("\"forever\" from the environment variable COREIIX_REQUEST_TIMEOUT"), "{err}");
     assert!(err.contains("configuration error"), "{err}");
 
+    // A worker executable that cannot run is a configuration error too, not a restart loop.
+    let not_executable = dir.path().join("coreiix");
+    std::fs::write(&not_executable, "").unwrap();
+    let out = command(PLANNER, dir.path())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .env("COREIIX_WORKER_BIN", &not_executable)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("COREIIX_WORKER_BIN") && err.contains("executable"), "{err}");
+
     // A plan error stops it before anything starts.
     let out = command(PLANNER, dir.path()).args(["up", "--workers", "zero"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -193,13 +205,16 @@ fn up_reuses_an_inherited_socket() {
 #[test]
 fn repeated_rolling_restarts_fail_no_request() {
     let mut up = up(&["--workers", "2"], &[]);
-    wait_for_workers(&up, 2);
+    let first = wait_for_workers(&up, 2);
     let load = Load::start(up.addr, 8, 60 * SECOND);
     for _ in 0..15 {
         up.proc.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(400));
     }
     let report = load.finish();
+    let last = wait_for_workers(&up, 2);
+    assert!(last.iter().all(|p| !first.contains(p)), "workers were not replaced: {first:?} {last:?}");
+    assert!(report.by_pid.len() > 4, "requests were answered by only {:?}", report.by_pid.keys());
     println!(
         "15 rolling restarts under load: {} ok, {} refused, {} failed",
         report.ok, report.refused, report.failed
@@ -207,4 +222,40 @@ fn repeated_rolling_restarts_fail_no_request() {
     assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
     up.proc.signal(libc::SIGTERM);
     assert_eq!(up.proc.wait_for(20 * SECOND).code(), Some(0));
+}
+
+/// A configuration broken after start: SIGHUP's replacement worker exits 2, the roll stops and
+/// the old workers keep serving; once fixed, the next SIGHUP rolls. Signals that would add
+/// work while draining are ignored, so `up` still exits.
+#[test]
+fn a_broken_reload_keeps_the_old_workers_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("site.env");
+    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\n").unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let mut cmd = command(PLANNER, dir.path());
+    cmd.args(["up", "--listen", &addr.to_string()]).env("COREIIX_ENV_FILE", &env_file);
+    let proc = Proc::spawn(cmd.stdout(Stdio::null()));
+    support::wait_http_ok(addr, "/healthz", 20 * SECOND);
+    let up = Up { proc, addr, _dir: dir };
+    let before = wait_for_workers(&up, 2);
+
+    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\nCOREIIX_DRAIN_TIMEOUT=soon\n").unwrap();
+    up.proc.signal(libc::SIGHUP);
+    std::thread::sleep(2 * SECOND);
+    let still = wait_for_workers(&up, 2);
+    assert_eq!(still, before, "the old workers must keep serving");
+    assert!(answering_pids(up.addr, 10).iter().all(|p| before.contains(&(*p as i32))));
+
+    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\n").unwrap();
+    up.proc.signal(libc::SIGHUP);
+    wait_until("both workers replaced", 20 * SECOND, || {
+        let now = workers(up.proc.pid());
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    });
+
+    let mut proc = up.proc;
+    proc.signal(libc::SIGTERM);
+    proc.signal(libc::SIGTTIN);
+    assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
 }

@@ -26,7 +26,9 @@ impl EnvFile {
         for item in dotenvy::from_read_iter(text.as_bytes()) {
             match item {
                 Ok((key, value)) => {
-                    let line = line_of_key(text, &key).unwrap_or(0);
+                    // The n-th assignment of a key is on the n-th line that assigns it.
+                    let nth = entries.iter().filter(|(k, _, _): &&(String, String, usize)| *k == key).count();
+                    let line = lines_of_key(text, &key).nth(nth).unwrap_or(0);
                     entries.push((key, value, line));
                 }
                 Err(dotenvy::Error::LineParse(bad, _)) => {
@@ -49,13 +51,12 @@ impl EnvFile {
         &self.path
     }
 
-    /// The value of a setting; the last assignment in the file wins.
+    /// The value of a setting; the last assignment in the file wins, and an empty one unsets.
     pub fn value(&self, setting: &'static Setting) -> Option<Value> {
-        self.entries.iter().rev().find(|(k, v, _)| k == setting.name && !v.is_empty()).map(|(_, v, line)| {
-            Value {
-                text: v.clone(),
-                origin: Origin::EnvFile { name: setting.name, path: self.path.clone(), line: *line },
-            }
+        let (_, v, line) = self.entries.iter().rev().find(|(k, _, _)| k == setting.name)?;
+        (!v.is_empty()).then(|| Value {
+            text: v.clone(),
+            origin: Origin::EnvFile { name: setting.name, path: self.path.clone(), line: *line },
         })
     }
 
@@ -68,17 +69,16 @@ impl EnvFile {
     }
 }
 
-/// The last line that assigns `key` (`KEY=`, `export KEY=`, with optional spaces).
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+/// The lines (1-based) that assign `key` (`KEY=`, `export KEY=`, with optional spaces).
+fn lines_of_key<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = usize> + 'a {
     text.lines()
         .enumerate()
-        .filter(|(_, line)| {
+        .filter(move |(_, line)| {
             let line = line.trim_start();
             let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
             line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|(i, _)| i + 1)
-        .last()
 }
 
 /// The first line whose content matches the start of a fragment dotenvy rejected.
@@ -103,6 +103,14 @@ mod tests {
         assert_eq!(w.text, "4");
         assert_eq!(w.origin.to_string(), "WORKERS in x.env line 5");
         assert_eq!(f.value(&DEPLOYMENT_PROFILE).unwrap().text, "small");
+    }
+
+    #[test]
+    fn a_later_empty_assignment_unsets() {
+        let f = EnvFile::parse(Path::new("x.env"), "WORKERS=3\nWORKERS=\n").unwrap();
+        assert_eq!(f.value(&WORKERS), None);
+        let f = EnvFile::parse(Path::new("x.env"), "WORKERS=3\n#\nWORKERS=4\n").unwrap();
+        assert_eq!(f.value(&WORKERS).unwrap().origin.to_string(), "WORKERS in x.env line 3");
     }
 
     #[test]

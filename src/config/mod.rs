@@ -243,6 +243,11 @@ impl Config {
         self.file.as_ref().and_then(|f| f.value(setting))
     }
 
+    /// A setting's value, or its catalogued default.
+    pub fn value_or_default(&self, setting: &'static Setting) -> Value {
+        self.value(setting).unwrap_or(Value { text: setting.default.to_owned(), origin: Origin::Default })
+    }
+
     /// The strongest of a command-line value and this configuration.
     pub fn layered(&self, cli: Option<Value>, setting: &'static Setting) -> Option<Value> {
         cli.or_else(|| self.value(setting))

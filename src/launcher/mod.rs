@@ -6,6 +6,8 @@ mod dev;
 mod spawn;
 mod supervisor;
 
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,15 +28,10 @@ pub use spawn::WorkerCommand;
 pub fn main(ctx: Context, listen: Option<Value>) -> anyhow::Result<ExitCode> {
     let plan = ctx.plan()?;
     let addr = cli::listen_addr(listen, &ctx.config)?;
-    let ready_timeout = ctx
-        .config
-        .value(&COREIIX_READY_TIMEOUT)
-        .map(|v| v.parse_in_range(1, 3600))
-        .transpose()?
-        .map_or(Duration::from_secs(60), Duration::from_secs);
+    let ready_timeout = ready_timeout(&ctx.config)?;
     let notifier = Notifier::from_env(&ctx.env);
 
-    let mut listeners = StdListener::inherited()?;
+    let mut listeners = StdListener::inherited(&ctx.env)?;
     let inherited = !listeners.is_empty();
     if !inherited {
         listeners.push(addr.bind()?);
@@ -48,7 +45,10 @@ pub fn main(ctx: Context, listen: Option<Value>) -> anyhow::Result<ExitCode> {
     };
     let command = WorkerCommand::new(program, &plan, &ctx.config, &ctx.env, listeners)?;
 
-    println!(
+    // Writes to a closed stdout (e.g. `| head -1`) are ignored: serving matters more.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
         "coreiix-plan up: {} profile, {} worker{}, {} thread{} each, on {where_}{}",
         plan.profile,
         plan.workers,
@@ -80,18 +80,28 @@ pub fn main(ctx: Context, listen: Option<Value>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
+fn is_executable(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `COREIIX_READY_TIMEOUT`: how long a new worker may take to send READY=1.
+pub fn ready_timeout(config: &crate::config::Config) -> Result<Duration, ConfigError> {
+    let value = config.value_or_default(&COREIIX_READY_TIMEOUT);
+    Ok(Duration::from_secs(value.parse_in_range(1, 3600)?))
+}
+
 /// `COREIIX_WORKER_BIN`, else `coreiix` next to this executable.
-fn worker_binary(ctx: &Context) -> anyhow::Result<PathBuf> {
+pub fn worker_binary(ctx: &Context) -> anyhow::Result<PathBuf> {
     if let Some(v) = ctx.config.value(&COREIIX_WORKER_BIN) {
         let path = PathBuf::from(v.text.trim());
-        if !path.is_file() {
-            return Err(v.invalid("the path of an existing coreiix executable").into());
+        if !is_executable(&path) {
+            return Err(v.invalid("the path of an existing, executable coreiix binary").into());
         }
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find this executable's path")?;
     let sibling = exe.with_file_name("coreiix");
-    if sibling.is_file() {
+    if is_executable(&sibling) {
         Ok(sibling)
     } else {
         Err(ConfigError::new(format!(

@@ -53,6 +53,7 @@ impl WorkerCommand {
         // notify socket and LISTEN_PID are set per spawn.
         let dropped = [
             settings::LISTEN_PID.name,
+            settings::LISTEN_FDS_FIRST_FD.name,
             settings::WATCHDOG_USEC.name,
             settings::WATCHDOG_PID.name,
             settings::NOTIFY_SOCKET.name,
@@ -67,10 +68,12 @@ impl WorkerCommand {
 
         let mut fds = Vec::new();
         for listener in &listeners {
-            // Move each socket out of the range 3..3+n so that placing them in the child can
-            // never overwrite one not yet placed.
+            // Move each socket out of the range 3..3+n (F_DUPFD picks the lowest free fd at or
+            // above its argument) so that placing them in the child never overwrites one not
+            // yet placed.
+            let above = FIRST_FD + listeners.len() as RawFd;
             // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we own, or -1.
-            let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FD + 64) };
+            let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).context("cannot duplicate the listening socket");
             }
@@ -85,6 +88,7 @@ impl WorkerCommand {
         let program = self.program.as_ref().context("no worker executable yet")?;
         let mut exec = Exec::new(program, &self.env, slot, notify)?;
         let fds: Vec<RawFd> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let parent = std::process::id() as libc::pid_t;
 
         let mut cmd = tokio::process::Command::new(program);
         cmd.stdin(Stdio::null())
@@ -103,8 +107,13 @@ impl WorkerCommand {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                // A worker must not outlive a launcher killed with SIGKILL.
+                // A worker must not outlive a launcher killed with SIGKILL. The signal is tied to
+                // the forking thread, which is why the launcher's runtime is single-threaded;
+                // and if the launcher died before prctl took effect, give up now.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the launcher exited while starting a worker"));
+                }
                 exec.run()
             });
         }
@@ -118,7 +127,8 @@ struct Exec {
     program: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
-    envp: Vec<Vec<u8>>,
+    /// The buffers `envp_ptrs` and `pid_at` point into: kept alive, never read directly.
+    _envp: Vec<Vec<u8>>,
     envp_ptrs: Vec<*const libc::c_char>,
     /// Where the PID digits go, inside one of `envp`'s buffers.
     pid_at: *mut u8,
@@ -156,16 +166,17 @@ impl Exec {
         let digits_from = listen_pid.len();
         listen_pid.resize(digits_from + PID_DIGITS, 0);
         envp.push(listen_pid);
-        let pid_at = envp.last_mut().expect("just pushed")[digits_from..].as_mut_ptr();
+        let last = envp.len() - 1;
+        // SAFETY: `digits_from` is within the buffer just pushed; its heap storage never moves.
+        let pid_at = unsafe { envp[last].as_mut_ptr().add(digits_from) };
 
         let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let envp_ptrs = envp.iter().map(|e| e.as_ptr().cast()).chain([std::ptr::null()]).collect();
-        Ok(Exec { program, _argv: argv, argv_ptrs, envp, envp_ptrs, pid_at })
+        Ok(Exec { program, _argv: argv, argv_ptrs, _envp: envp, envp_ptrs, pid_at })
     }
 
     /// In the forked child: fill in `LISTEN_PID` and exec. Returns only on failure.
     fn run(&mut self) -> std::io::Result<()> {
-        let _ = &self.envp; // the buffers the pointers refer to live as long as `self`
         // SAFETY: getpid is async-signal-safe; the digits fit in PID_DIGITS - 1 bytes (a pid
         // is at most 10 digits) and the buffer stays NUL-terminated.
         unsafe {

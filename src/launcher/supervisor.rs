@@ -4,7 +4,8 @@
 //! state below is changed from one place only: no locks, and every decision sees all of it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,18 @@ enum Sig {
     Ttou,
 }
 
+impl Sig {
+    fn name(self) -> &'static str {
+        match self {
+            Sig::Term => "SIGTERM",
+            Sig::Int => "SIGINT",
+            Sig::Hup => "SIGHUP",
+            Sig::Ttin => "SIGTTIN",
+            Sig::Ttou => "SIGTTOU",
+        }
+    }
+}
+
 enum Event {
     Exited { id: u64, status: std::io::Result<ExitStatus> },
     Notify { id: u64, text: String },
@@ -67,7 +80,8 @@ struct Roll {
 
 struct Supervisor {
     opts: Options,
-    runtime_dir: RuntimeDir,
+    /// A private (0700, random name) directory for the notify sockets, removed on exit.
+    runtime_dir: tempfile::TempDir,
     tx: mpsc::UnboundedSender<Event>,
     workers: BTreeMap<u64, Worker>,
     next_id: u64,
@@ -99,10 +113,23 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
         });
     }
 
+    if let Some(every) = opts.notifier.watchdog_every {
+        let notifier = opts.notifier;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.watchdog();
+            }
+        });
+    }
     let desired = opts.workers;
     let mut sup = Supervisor {
         opts,
-        runtime_dir: RuntimeDir::create()?,
+        runtime_dir: tempfile::Builder::new()
+            .prefix("coreiix-up-")
+            .tempdir()
+            .map_err(|e| anyhow::anyhow!("cannot create the launcher's runtime directory: {e}"))?,
         tx,
         workers: BTreeMap::new(),
         next_id: 1,
@@ -206,6 +233,10 @@ impl Supervisor {
     }
 
     fn signal(&mut self, sig: Sig) {
+        if self.shutting_down && matches!(sig, Sig::Hup | Sig::Ttin | Sig::Ttou) {
+            say(format!("{}: ignored while draining", sig.name()));
+            return;
+        }
         match sig {
             Sig::Term | Sig::Int if self.shutting_down => {
                 say("second signal: killing all workers now".into());
@@ -215,8 +246,7 @@ impl Supervisor {
                 self.exit_code = EXIT_FAILURE;
             }
             Sig::Term | Sig::Int => {
-                let name = if matches!(sig, Sig::Term) { "SIGTERM" } else { "SIGINT" };
-                say(format!("{name}: draining {} workers", self.workers.len()));
+                say(format!("{}: draining {} workers", sig.name(), self.workers.len()));
                 self.shutdown();
             }
             Sig::Hup if self.opts.dev.is_some() => self.build(),
@@ -240,7 +270,9 @@ impl Supervisor {
                 }
                 self.report_status();
             }
-            Sig::Ttin | Sig::Ttou => say(format!("{sig:?}: already at the limit ({} workers)", self.desired)),
+            Sig::Ttin | Sig::Ttou => {
+                say(format!("{}: already at the limit ({} workers)", sig.name(), self.desired))
+            }
         }
     }
 
@@ -281,8 +313,21 @@ impl Supervisor {
                 Some(id)
             }
             Err(e) => {
-                say(format!("cannot start worker {slot}: {e:#}"));
-                self.respawn_later(slot, None);
+                let hopeless = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+                        || io.raw_os_error() == Some(libc::ENOEXEC)
+                });
+                let program = self.opts.command.program.as_ref().map(|p| p.display().to_string());
+                let program = program.unwrap_or_else(|| "(none)".to_owned());
+                if hopeless {
+                    // Retrying cannot make an executable appear: stop like a configuration error.
+                    say(format!("cannot start worker {slot} from {program}: {e:#}; stopping"));
+                    self.exit_code = EXIT_CONFIG;
+                    self.shutdown();
+                } else {
+                    say(format!("cannot start worker {slot} from {program}: {e:#}"));
+                    self.respawn_later(slot, None);
+                }
                 None
             }
         }
@@ -355,14 +400,36 @@ impl Supervisor {
         for task in &w.tasks {
             task.abort();
         }
+        let config_error = matches!(&status, Ok(s) if s.code() == Some(i32::from(EXIT_CONFIG)));
         let in_roll = self.roll.as_ref().and_then(|r| r.swapping).is_some_and(|(new, _)| new == id);
+        if in_roll {
+            if let Some(roll) = &mut self.roll {
+                roll.swapping = None;
+            }
+            if w.stopping {
+                // Removed on purpose (SIGTTOU or shutdown): go on with the other slots.
+                if !self.shutting_down {
+                    self.step_roll();
+                }
+                return;
+            }
+            // The replacement never became ready: the old worker keeps serving.
+            say(format!(
+                "the new worker {} {}{}; rolling restart stopped, the old workers keep serving",
+                w.slot,
+                describe(&status),
+                if config_error { " (a configuration error: fix it, then send SIGHUP again)" } else { "" }
+            ));
+            self.roll = None;
+            self.roll_again = false;
+            return;
+        }
         if self.shutting_down || w.stopping {
             if !self.shutting_down {
                 self.report_status();
             }
             return;
         }
-        let config_error = matches!(&status, Ok(s) if s.code() == Some(i32::from(EXIT_CONFIG)));
         if config_error {
             say(format!(
                 "worker {} (pid {}) exited with status {EXIT_CONFIG}: a configuration error (its message is above); stopping",
@@ -370,16 +437,6 @@ impl Supervisor {
             ));
             self.exit_code = EXIT_CONFIG;
             self.shutdown();
-            return;
-        }
-        if in_roll {
-            say(format!(
-                "the new worker {} {}; rolling restart stopped, the old worker keeps serving",
-                w.slot,
-                describe(&status)
-            ));
-            self.roll = None;
-            self.roll_again = false;
             return;
         }
         let lived = w.started.elapsed();
@@ -413,7 +470,13 @@ impl Supervisor {
         if !self.announced && (1..=self.desired).all(|s| self.ready_in(s)) {
             self.announced = true;
             let pids: Vec<String> = self.workers.values().map(|w| w.pid.to_string()).collect();
-            println!("coreiix-plan up: {} workers ready (pids {})", self.desired, pids.join(" "));
+            // A closed stdout (e.g. `| head -1`) must not stop the launcher.
+            let _ = writeln!(
+                std::io::stdout(),
+                "coreiix-plan up: {} workers ready (pids {})",
+                self.desired,
+                pids.join(" ")
+            );
             self.opts.notifier.ready(&self.status_line());
         } else {
             self.report_status();
@@ -436,6 +499,9 @@ impl Supervisor {
     }
 
     fn start_roll(&mut self) {
+        if self.shutting_down {
+            return;
+        }
         if self.roll.is_some() {
             self.roll_again = true;
             return;
@@ -479,32 +545,6 @@ fn signal_pid(pid: u32, sig: libc::c_int) {
             // SAFETY: kill has no memory-safety preconditions; pid is a child we started.
             unsafe { libc::kill(pid, sig) };
         }
-    }
-}
-
-/// A private (0700) directory for the notify sockets, removed when the launcher ends.
-struct RuntimeDir(PathBuf);
-
-impl RuntimeDir {
-    fn create() -> anyhow::Result<RuntimeDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = std::env::temp_dir().join(format!("coreiix-up-{}", std::process::id()));
-        // A leftover from an earlier launcher with the same PID is ours to replace.
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| {
-            anyhow::anyhow!("cannot create the launcher's runtime directory {}: {e}", path.display())
-        })?;
-        Ok(RuntimeDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod generator;
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::cli::{Context, PlanArgs};
 use crate::config::SYSTEM_ENV_FILE;
 use crate::error::ConfigError;
+use crate::plan::Overrides;
 
 /// One `coreiix@N.service` as systemd sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,10 +134,17 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
     if args.workers.is_some() && args.profile.is_some() {
         return Err(ConfigError::new("apply takes --workers N or --profile P, not both").into());
     }
-    let plan = ctx.plan()?;
-    if persist {
-        persist_change(ctx, args)?;
+    let mut plan = ctx.plan()?;
+    if args.profile.is_some() && args.workers.is_none() {
+        // Choosing a profile here means that profile's own count, whatever WORKERS says in the
+        // environment or the env file (which --persist comments out).
+        let overrides =
+            Overrides { workers: Some(plan.profile_workers.to_string()), ..ctx.overrides.clone() };
+        plan = crate::plan::plan(&overrides, &ctx.config, crate::plan::detect_cpus())?;
     }
+    // Check that the change can be saved before touching the pool; save it only once the pool
+    // runs the new plan, so a failed apply never leaves a plan that did not come up.
+    let change = if persist { Some(PersistedChange::prepare(ctx, args)?) } else { None };
     let current = instances(plan.workers)?;
     let missing: Vec<String> = (1..=plan.workers)
         .filter(|n| !current.iter().any(|i| i.number == *n && i.ready()))
@@ -159,7 +167,8 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
         cmd.extend(surplus.iter().cloned());
         systemctl(&cmd)?;
     }
-    if persist {
+    if let Some(change) = &change {
+        change.write()?;
         systemctl(&["daemon-reload".into()])?;
     }
     println!(
@@ -175,33 +184,73 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// Writes the requested change into the env file that the generator and instances read.
-fn persist_change(ctx: &Context, args: &PlanArgs) -> anyhow::Result<()> {
-    let path =
-        ctx.config.file.as_ref().map(|f| f.path().to_owned()).unwrap_or_else(|| SYSTEM_ENV_FILE.into());
-    if is_nix_managed(&path) {
-        return Err(ConfigError::new(format!(
-            "{} is managed by NixOS and cannot be changed here: set services.coreiix.workers \
-             (or services.coreiix.profile) in your NixOS configuration and run nixos-rebuild switch",
-            path.display()
-        ))
-        .into());
+/// A change to the env file that the generator and instances read, checked before it is made.
+struct PersistedChange {
+    path: PathBuf,
+    key: &'static str,
+    value: String,
+    clear_workers: bool,
+}
+
+impl PersistedChange {
+    fn prepare(ctx: &Context, args: &PlanArgs) -> anyhow::Result<PersistedChange> {
+        let path =
+            ctx.config.file.as_ref().map(|f| f.path().to_owned()).unwrap_or_else(|| SYSTEM_ENV_FILE.into());
+        if is_nix_managed(&path) {
+            return Err(ConfigError::new(format!(
+                "{} is managed by NixOS and cannot be changed here: set services.coreiix.workers \
+                 (or services.coreiix.profile) in your NixOS configuration and run nixos-rebuild switch",
+                path.display()
+            ))
+            .into());
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ConfigError::new(format!(
+                "{} is a symbolic link; not replacing it: edit the file it points to, or give \
+                 that file with --env-file",
+                path.display()
+            ))
+            .into());
+        }
+        let (key, value) = match (&args.workers, &args.profile) {
+            (Some(w), _) => ("WORKERS", w.trim().to_owned()),
+            (None, Some(p)) => ("DEPLOYMENT_PROFILE", p.trim().to_ascii_lowercase()),
+            (None, None) => return Err(ConfigError::new("--persist needs --workers N or --profile P").into()),
+        };
+        Ok(PersistedChange { path, key, value, clear_workers: args.profile.is_some() })
     }
-    let (key, value) = match (&args.workers, &args.profile) {
-        (Some(w), _) => ("WORKERS", w.trim().to_owned()),
-        (None, Some(p)) => ("DEPLOYMENT_PROFILE", p.trim().to_ascii_lowercase()),
-        (None, None) => return Err(ConfigError::new("--persist needs --workers N or --profile P").into()),
-    };
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = set_key(&old, key, &value, args.profile.is_some());
-    if let Some(dir) = path.parent() {
+
+    /// Replaces the file atomically, keeping its mode and owner (a new file gets 0644): the
+    /// workers run as a dynamic user and must still be able to read it, whatever our umask.
+    fn write(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let path = &self.path;
+        let old_meta = std::fs::metadata(path).ok();
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let new = set_key(&old, self.key, &self.value, self.clear_workers);
+        let dir = path.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mode = old_meta.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+        let tmp = path.with_extension("env.tmp");
+        let written = (|| -> std::io::Result<()> {
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+            file.write_all(new.as_bytes())?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            if let Some(m) = &old_meta {
+                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot save {} in {}", self.key, path.display()));
+        }
+        println!("saved {}={} in {}", self.key, self.value, path.display());
+        Ok(())
     }
-    let tmp = path.with_extension("env.tmp");
-    std::fs::write(&tmp, new).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
-    println!("saved {key}={value} in {}", path.display());
-    Ok(())
 }
 
 /// On NixOS the env file is a symlink into the read-only store.

@@ -91,13 +91,17 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Answers one request through `router`: enforces the body limit and request timeout, counts
 /// it in the metrics and writes the access log.
 pub async fn handle(state: Arc<AppState>, router: Router, req: Request) -> Response {
-    let started = Instant::now();
-    let route = Route::of(req.uri().path());
-    let request_id = state.request_id(&req);
     let log = tracing::enabled!(target: "coreiix::access", tracing::Level::INFO);
-    let method_path = log.then(|| (req.method().clone(), req.uri().path().to_owned()));
-
+    let mut record = Record {
+        started: Instant::now(),
+        route: Route::of(req.uri().path()),
+        request_id: state.request_id(&req),
+        method_path: log.then(|| (req.method().clone(), req.uri().path().to_owned())),
+        status: None,
+        state: state.clone(),
+    };
     state.metrics.start();
+
     let too_large = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -112,24 +116,43 @@ pub async fn handle(state: Arc<AppState>, router: Router, req: Request) -> Respo
             Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
         }
     };
-    let latency = started.elapsed();
-    let status = response.status().as_u16();
-    state.metrics.finish(route, status, latency);
-
-    if let Some((method, path)) = method_path {
-        tracing::info!(
-            target: "coreiix::access",
-            instance = state.info.instance,
-            request_id = request_id.to_str().unwrap_or_default(),
-            method = %method,
-            path = %path,
-            status,
-            latency_ms = latency.as_secs_f64() * 1e3,
-            "{method} {path} {status}"
-        );
-    }
-    response.headers_mut().insert("x-request-id", request_id);
+    record.status = Some(response.status().as_u16());
+    response.headers_mut().insert("x-request-id", record.request_id.clone());
     response
+}
+
+/// Status recorded for a request whose client went away before the answer (as nginx does).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// One request's bookkeeping. It is settled on drop, so a request whose client disconnects
+/// (and whose future hyper therefore drops) is still counted, logged and no longer in flight.
+struct Record {
+    state: Arc<AppState>,
+    started: Instant,
+    route: Route,
+    request_id: HeaderValue,
+    method_path: Option<(axum::http::Method, String)>,
+    status: Option<u16>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let latency = self.started.elapsed();
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        self.state.metrics.finish(self.route, status, latency);
+        if let Some((method, path)) = &self.method_path {
+            tracing::info!(
+                target: "coreiix::access",
+                instance = self.state.info.instance,
+                request_id = self.request_id.to_str().unwrap_or_default(),
+                method = %method,
+                path = %path,
+                status,
+                latency_ms = latency.as_secs_f64() * 1e3,
+                "{method} {path} {status}"
+            );
+        }
+    }
 }
 
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -198,9 +221,12 @@ struct DelayQuery {
     ms: u64,
 }
 
-/// A deliberately slow answer (diagnostics only), never longer than the request timeout.
+/// The longest `/debug/delay` sleeps; the request timeout may cut it shorter.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// A deliberately slow answer (diagnostics only).
 async fn delay(State(state): State<Arc<AppState>>, Query(q): Query<DelayQuery>) -> Response {
-    let wanted = Duration::from_millis(q.ms).min(state.limits.request_timeout);
+    let wanted = Duration::from_millis(q.ms).min(MAX_DELAY);
     tokio::time::sleep(wanted).await;
     json_response(
         StatusCode::OK,
@@ -287,6 +313,17 @@ mod tests {
             status == StatusCode::SERVICE_UNAVAILABLE || body.contains("\"slept_ms\":200"),
             "{status} {body}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_client_goes_away_is_settled() {
+        let s = state(true);
+        let call = handle(s.clone(), router(s.clone()), get("/debug/delay?ms=150"));
+        // Dropping the future is what hyper does when the client disconnects.
+        assert!(tokio::time::timeout(Duration::from_millis(20), call).await.is_err());
+        assert_eq!(s.metrics.in_flight(), 0);
+        let (_, text, _) = super::tests::call(&s, get("/metrics")).await;
+        assert!(text.contains("route=\"/debug/delay\",status=\"499\"} 1"), "{text}");
     }
 
     #[tokio::test]

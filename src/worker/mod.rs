@@ -67,7 +67,7 @@ pub fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
 
-    let mut listeners = StdListener::inherited()?;
+    let mut listeners = StdListener::inherited(&config.env)?;
     if listeners.is_empty() {
         listeners.push(settings.listen.bind()?);
     }

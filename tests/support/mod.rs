@@ -20,31 +20,14 @@ use std::time::{Duration, Instant};
 pub const WORKER: &str = env!("CARGO_BIN_EXE_coreiix");
 pub const PLANNER: &str = env!("CARGO_BIN_EXE_coreiix-plan");
 
-/// Variables that would leak the test runner's own configuration into a child.
-pub const CLEARED: &[&str] = &[
-    "DEPLOYMENT_PROFILE",
-    "WORKERS",
-    "COREIIX_CPUS",
-    "COREIIX_THREADS",
-    "COREIIX_ENV_FILE",
-    "COREIIX_LISTEN",
-    "COREIIX_LOG",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-];
-
 /// A command for one of our binaries with a clean configuration, run in `dir` (so no stray
 /// `./.env` is read) and with an empty env file named explicitly.
 pub fn command(binary: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.current_dir(dir);
-    for name in CLEARED {
-        cmd.env_remove(name);
+    // Nothing of the test runner's own configuration may leak into the child.
+    for setting in coreiix::settings::ALL {
+        cmd.env_remove(setting.name);
     }
     let empty = dir.join("empty.env");
     if !empty.exists() {
