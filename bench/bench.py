@@ -444,15 +444,17 @@ http {{
 class CoreiixUp(Local):
     fairness = True
 
-    def __init__(self, cfg, name, workers, threads=None):
+    def __init__(self, cfg, name, workers, threads=None, extra_env=None):
         super().__init__(cfg, name, workers)
         self.threads = threads
+        self.extra_env = extra_env or {}
 
     def argv_env(self, port, tmp):
         env = dict(os.environ)
         env.update(self.cfg.coreiix_env)
         if self.threads is not None:
             env["COREIIX_THREADS"] = str(self.threads)
+        env.update(self.extra_env)
         argv = [self.cfg.plan_bin, "up", "--workers", str(self.workers),
                 "--listen", f"127.0.0.1:{port}"]
         if self.cfg.profile:
@@ -943,6 +945,17 @@ def targets(results, cfg, E):
                          "measured": f"{fmt_rps(t2)} vs {fmt_rps(t1)}",
                          "ratio": t2 / t1 if t1 and t2 else None, "goal": "keep the faster",
                          "result": "n/a" if not (t1 and t2) else ("threads=2" if t2 > t1 else "threads=1")})
+        for path, key in (("/healthz", "healthz_rps"), ("/", "root_rps")):
+            th, rt = s(f"coreiix up w{E}", key), s(f"coreiix up w{E} accept=runtime", key)
+            rows.append({"target": f"variant {E} workers: COREIIX_ACCEPT=runtime vs thread, {path} (info)",
+                         "measured": f"{fmt_rps(rt)} vs {fmt_rps(th)}",
+                         "ratio": rt / th if th and rt else None, "goal": "keep the faster",
+                         "result": "n/a" if not (th and rt) else ("runtime" if rt > th else "thread")})
+        jt, jr = s(f"coreiix up w{E}", "jain"), s(f"coreiix up w{E} accept=runtime", "jain")
+        rows.append({"target": f"variant {E} workers: Jain, accept=runtime vs thread (info)",
+                     "measured": f"{fmt(jr, '.3f') if jr else '-'} vs {fmt(jt, '.3f') if jt else '-'}",
+                     "ratio": jr / jt if jt and jr else None, "goal": "keep the fairer",
+                     "result": "n/a" if not (jt and jr) else ("runtime" if jr > jt else "thread")})
     return rows
 
 
@@ -1029,7 +1042,7 @@ def parse_args(argv):
     p.add_argument("--out", help="directory for results (default bench/results)")
     p.add_argument("--skip-systemd", action="store_true", help="do not run the systemd pool (reported as skipped)")
     p.add_argument("--variants", action="store_true",
-                   help="also run coreiix up at the enterprise count with COREIIX_THREADS=1 and =2")
+                   help="also run coreiix up at the enterprise count with COREIIX_THREADS=1 and =2, and with COREIIX_ACCEPT=runtime")
     p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (default 2)")
     # small, not coreiix's default dev: dev with one worker turns auto-reload on.
@@ -1092,6 +1105,9 @@ def main(argv):
     if cfg.variants:
         for t in (1, 2):
             contenders.append(CoreiixUp(cfg, f"coreiix up w{E} threads={t}", E, threads=t))
+        # The other way to accept on the shared socket: every worker's epoll (see README).
+        contenders.append(CoreiixUp(cfg, f"coreiix up w{E} accept=runtime", E,
+                                    extra_env={"COREIIX_ACCEPT": "runtime"}))
     if not have_bins:
         for c in contenders:
             if isinstance(c, (CoreiixUp, SystemdPool)):

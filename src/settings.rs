@@ -64,6 +64,8 @@ settings! {
         "Log filter in tracing's syntax, e.g. warn or info,coreiix::access=off.";
     COREIIX_DIAGNOSTICS: Config, "false",
         "true enables GET /debug/delay?ms=N, a slow endpoint for drain and load tests.";
+    COREIIX_ACCEPT: Config, "thread",
+        "How workers accept: thread (blocking accept, fair across workers) or runtime (epoll).";
     COREIIX_WORKER_BIN: Config, "coreiix next to coreiix-plan",
         "Worker executable that coreiix-plan up starts.";
     COREIIX_READY_TIMEOUT: Config, "60",

@@ -153,6 +153,15 @@ impl StdListener {
     }
 }
 
+impl std::os::fd::AsFd for StdListener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            StdListener::Tcp(l) => l.as_fd(),
+            StdListener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
 enum SocketKind {
     NotSocket,
     Unreadable(io::Error),

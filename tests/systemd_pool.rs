@@ -74,6 +74,16 @@ impl Pool {
         );
     }
 
+    /// Waits until no instance runs at all (not even draining).
+    fn wait_stopped(&self) {
+        wait_until("every instance to stop", 60 * SECOND, || {
+            self.b
+                .sh_ok("systemctl list-units --state=active,activating,deactivating --plain --no-legend 'coreiix@*.service'")
+                .trim()
+                .is_empty()
+        });
+    }
+
     fn main_pid(&self, n: u32) -> u32 {
         self.b
             .sh_ok(&format!("systemctl show -p MainPID --value coreiix@{n}.service"))
@@ -135,7 +145,7 @@ fn the_first_connection_to_the_socket_starts_the_whole_pool() {
     // Stopping the pool leaves the socket listening: a new connection waits and is answered
     // when the pool is back (here brought back by that very connection).
     pool.b.sh_ok("systemctl stop coreiix.target");
-    pool.wait_active(&[]);
+    pool.wait_stopped();
     assert_eq!(pool.b.sh_ok("systemctl is-active coreiix.socket").trim(), "active");
     let again = get(pool.addr, "/healthz", 30 * SECOND).expect("answered after the pool restarts");
     assert_eq!(again.status, 200);

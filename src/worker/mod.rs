@@ -29,6 +29,17 @@ pub struct WorkerSettings {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub diagnostics: bool,
+    pub accept: AcceptMode,
+}
+
+/// How a worker accepts connections on its (shared) listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// Blocking accept(2) on a thread of its own: the kernel wakes one worker per connection,
+    /// in turn (fair, no thundering herd).
+    Thread,
+    /// The runtime's epoll: every worker is woken for every connection.
+    Runtime,
 }
 
 impl WorkerSettings {
@@ -50,6 +61,14 @@ impl WorkerSettings {
                 as usize,
             max_body_bytes: get(&settings::COREIIX_MAX_BODY_BYTES).parse_in_range(0, 1 << 30)?,
             diagnostics: get(&settings::COREIIX_DIAGNOSTICS).parse_bool()?,
+            accept: {
+                let v = get(&settings::COREIIX_ACCEPT);
+                match v.text.trim() {
+                    "thread" => AcceptMode::Thread,
+                    "runtime" => AcceptMode::Runtime,
+                    _ => return Err(v.invalid("thread or runtime")),
+                }
+            },
             plan,
         })
     }

@@ -1,7 +1,7 @@
 //! The accept loop, systemd notifications, and graceful shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::WorkerSettings;
 use super::app::{self, AppState, Limits, WorkerInfo};
+use super::{AcceptMode, WorkerSettings};
 use crate::notify::Notifier;
 use crate::socket::StdListener;
 
@@ -49,6 +49,7 @@ pub async fn serve(
     // `stopped` tells accept loops and connections to wind down; every connection task holds
     // a clone of `open`, so `all_closed` ends once the last one has finished.
     let (stop_accepting, stopped) = watch::channel(false);
+    let stopping = Arc::new(AtomicBool::new(false));
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut addresses = Vec::new();
     let mut acceptors = Vec::new();
@@ -60,10 +61,30 @@ pub async fn serve(
             http: http.clone(),
             open: open.clone(),
             stop: stopped.clone(),
+            stopping: stopping.clone(),
         };
-        acceptors.push(match listener {
-            StdListener::Tcp(l) => tokio::spawn(ctx.run_tcp(TcpListener::from_std(l)?)),
-            StdListener::Unix(l) => tokio::spawn(ctx.run_unix(UnixListener::from_std(l)?)),
+        acceptors.push(match (settings.accept, listener) {
+            (AcceptMode::Thread, listener) => {
+                let handle = tokio::runtime::Handle::current();
+                let (done, finished) = tokio::sync::oneshot::channel::<()>();
+                std::thread::Builder::new()
+                    .name("coreiix-accept".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        let _done = done;
+                        ctx.run_blocking(listener, handle)
+                    })
+                    .context("cannot start the accept thread")?;
+                tokio::spawn(async move {
+                    let _ = finished.await;
+                })
+            }
+            (AcceptMode::Runtime, StdListener::Tcp(l)) => {
+                tokio::spawn(ctx.run_tcp(TcpListener::from_std(l)?))
+            }
+            (AcceptMode::Runtime, StdListener::Unix(l)) => {
+                tokio::spawn(ctx.run_unix(UnixListener::from_std(l)?))
+            }
         });
     }
 
@@ -99,6 +120,7 @@ pub async fn serve(
     state.draining.store(true, Relaxed);
     status_task.abort();
     notifier.stopping(&format!("Draining: {} requests in flight", state.metrics.in_flight()));
+    stopping.store(true, Relaxed);
     let _ = stop_accepting.send(true);
     for acceptor in acceptors {
         let _ = acceptor.await;
@@ -164,6 +186,8 @@ struct Acceptor {
     router: axum::Router,
     http: http1::Builder,
     open: mpsc::Sender<()>,
+    /// The same signal as `stop`, for the blocking accept thread.
+    stopping: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
 }
 
@@ -191,6 +215,51 @@ impl Acceptor {
                     Ok((stream, _)) => self.spawn(stream),
                     Err(e) => accept_error(e).await,
                 },
+            }
+        }
+    }
+
+    /// Accepts with blocking `accept(2)` calls on a thread of its own. On a socket shared by
+    /// several processes the kernel hands each connection to exactly one waiting acceptor, in
+    /// turn, so connections spread evenly over the workers and nobody else is woken; with the
+    /// runtime's epoll, every worker wakes for every connection and the ones already running
+    /// win most of them. A receive timeout on the socket lets the thread notice a stop.
+    fn run_blocking(self, listener: StdListener, handle: tokio::runtime::Handle) {
+        let sock = socket2::SockRef::from(&listener);
+        if let Err(e) = sock.set_read_timeout(Some(ACCEPT_POLL)).and_then(|()| sock.set_nonblocking(false)) {
+            tracing::warn!("cannot prepare the socket for blocking accepts: {e}");
+        }
+        let _runtime = handle.enter();
+        while !self.stopping.load(Relaxed) {
+            let asked = std::time::Instant::now();
+            let accepted = match &listener {
+                StdListener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+                StdListener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            };
+            match accepted.and_then(Stream::into_tokio) {
+                Ok(Stream::Tcp(_) | Stream::Unix(_)) => unreachable!("converted above"),
+                Ok(Stream::TokioTcp(s)) => {
+                    let _ = s.set_nodelay(true);
+                    self.spawn(s);
+                    share_a_burst(asked);
+                }
+                Ok(Stream::TokioUnix(s)) => {
+                    self.spawn(s);
+                    share_a_burst(asked);
+                }
+                // The receive timeout: look at the stop flag again. Someone may also have made
+                // the shared socket non-blocking (an older worker, NonBlocking=yes): undo it,
+                // or this loop would spin.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if sock.nonblocking().unwrap_or(false) {
+                        let _ = sock.set_nonblocking(false);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
@@ -266,6 +335,47 @@ impl FirstRequest {
 
     async fn wait(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// After an accept that did not have to wait (connections were queued: a burst), give the
+/// other workers' acceptors, which the kernel has woken for the same burst, a turn first;
+/// otherwise whichever worker happens to be running drains the whole queue.
+fn share_a_burst(asked: std::time::Instant) {
+    if asked.elapsed() < BURST {
+        std::thread::sleep(BURST_PAUSE);
+    }
+}
+
+/// An accept that returns faster than this found a queued connection.
+const BURST: Duration = Duration::from_micros(50);
+const BURST_PAUSE: Duration = Duration::from_micros(200);
+
+/// How long a blocking accept waits before looking at the stop flag again.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// An accepted connection, before and after it is handed to the runtime.
+enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+    TokioTcp(tokio::net::TcpStream),
+    TokioUnix(tokio::net::UnixStream),
+}
+
+impl Stream {
+    /// Registers the connection with the runtime (needs its context entered).
+    fn into_tokio(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                Stream::TokioTcp(tokio::net::TcpStream::from_std(s)?)
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                Stream::TokioUnix(tokio::net::UnixStream::from_std(s)?)
+            }
+            converted => converted,
+        })
     }
 }
 
