@@ -463,6 +463,19 @@ class CoreiixUp(Local):
         return argv, env, tmp
 
 
+class CoreiixReuseport(Local):
+    """coreiix workers each with their own SO_REUSEPORT socket (an alternative, not shipped)."""
+    fairness = True
+
+    def argv_env(self, port, tmp):
+        env = dict(os.environ)
+        env.update(self.cfg.coreiix_env)
+        env["DEPLOYMENT_PROFILE"] = self.cfg.profile or "small"
+        worker = os.path.join(os.path.dirname(self.cfg.plan_bin), "coreiix")
+        launcher = os.path.join(self.cfg.bench_dir, "reuseport_launcher.py")
+        return [sys.executable, launcher, str(self.workers), str(port), worker], env, tmp
+
+
 class Gunicorn(Local):
     def argv_env(self, port, tmp):
         env = dict(os.environ)
@@ -951,6 +964,12 @@ def targets(results, cfg, E):
                          "measured": f"{fmt_rps(rt)} vs {fmt_rps(th)}",
                          "ratio": rt / th if th and rt else None, "goal": "keep the faster",
                          "result": "n/a" if not (th and rt) else ("runtime" if rt > th else "thread")})
+        for path, key in (("/healthz", "healthz_rps"), ("/", "root_rps")):
+            sh, rp = s(f"coreiix up w{E}", key), s(f"coreiix reuseport w{E}", key)
+            rows.append({"target": f"variant {E} workers: one SO_REUSEPORT socket each vs shared, {path} (info)",
+                         "measured": f"{fmt_rps(rp)} vs {fmt_rps(sh)}",
+                         "ratio": rp / sh if sh and rp else None, "goal": "keep the faster",
+                         "result": "n/a" if not (sh and rp) else ("reuseport" if rp > sh else "shared")})
         jt, jr = s(f"coreiix up w{E}", "jain"), s(f"coreiix up w{E} accept=runtime", "jain")
         rows.append({"target": f"variant {E} workers: Jain, accept=runtime vs thread (info)",
                      "measured": f"{fmt(jr, '.3f') if jr else '-'} vs {fmt(jt, '.3f') if jt else '-'}",
@@ -1108,9 +1127,10 @@ def main(argv):
         # The other way to accept on the shared socket: every worker's epoll (see README).
         contenders.append(CoreiixUp(cfg, f"coreiix up w{E} accept=runtime", E,
                                     extra_env={"COREIIX_ACCEPT": "runtime"}))
+        contenders.append(CoreiixReuseport(cfg, f"coreiix reuseport w{E}", E))
     if not have_bins:
         for c in contenders:
-            if isinstance(c, (CoreiixUp, SystemdPool)):
+            if isinstance(c, (CoreiixUp, CoreiixReuseport, SystemdPool)):
                 c.skip_reason = "not run: coreiix binaries missing (" + build_state + ")"
     if sysd.skip_reason is None:
         sysd.skip_reason = box.unavailable()

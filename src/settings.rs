@@ -55,7 +55,7 @@ settings! {
     COREIIX_REQUEST_TIMEOUT: Config, "30",
         "Seconds a request may take before it is answered 503, 1 to 3600.";
     COREIIX_HEADER_TIMEOUT: Config, "10",
-        "Seconds a client has to send a request's headers, 1 to 600.";
+        "Seconds a client has to send a request's headers, 1 to 600; also how long an idle keep-alive connection stays open.";
     COREIIX_MAX_HEADER_BYTES: Config, "16384",
         "Largest request head (request line and headers) in bytes, 8192 to 1048576; larger gets 431.";
     COREIIX_MAX_BODY_BYTES: Config, "65536",

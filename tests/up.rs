@@ -259,3 +259,24 @@ fn a_broken_reload_keeps_the_old_workers_serving() {
     proc.signal(libc::SIGTTIN);
     assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
 }
+
+/// Under systemd (`NOTIFY_SOCKET` set for the launcher itself), `up` is a `Type=notify`
+/// service: READY=1 once every worker is ready, a STATUS= line, STOPPING=1 when draining.
+#[test]
+fn up_reports_to_its_own_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = support::NotifySocket::bind(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let mut cmd = command(PLANNER, dir.path());
+    cmd.args(["up", "--workers", "3", "--listen", &addr.to_string()])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdout(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd);
+    let ready = notify.wait_for("READY=1", 20 * SECOND);
+    assert!(ready.contains("STATUS=3/3 workers ready"), "{ready}");
+    // Ready means ready: every worker answers by now.
+    assert_eq!(get(addr, "/healthz", 5 * SECOND).unwrap().status, 200);
+    proc.signal(libc::SIGTERM);
+    notify.wait_for("STOPPING=1", 10 * SECOND);
+    assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
+}

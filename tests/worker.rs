@@ -206,3 +206,27 @@ fn draining_answers_a_fresh_connection_and_closes_idle_keep_alive() {
     // read_to_end returned: the worker closed the connection after answering.
     assert_eq!(worker.wait_for(10 * SECOND).code(), Some(0));
 }
+
+/// The header timeout also closes idle keep-alive connections and silent new ones.
+#[test]
+fn idle_connections_are_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, addr) = loopback_listener();
+    let notify = NotifySocket::bind(dir.path());
+    let mut cmd = command(WORKER, dir.path());
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("COREIIX_HEADER_TIMEOUT", "1");
+    pass_fd_3(&mut cmd, listener.as_raw_fd());
+    let _worker = Proc::spawn(&mut cmd);
+    notify.wait_for("READY=1", 10 * SECOND);
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    idle.set_read_timeout(Some(10 * SECOND)).unwrap();
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(10 * SECOND)).unwrap();
+    // Both reads would time out (an error) after 10 s if the worker kept the connections.
+    assert_eq!(idle.read(&mut buf).expect("closed, not timed out"), 0);
+    assert_eq!((&silent).read(&mut buf).expect("closed, not timed out"), 0);
+}
