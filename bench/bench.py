@@ -55,20 +55,24 @@ def spawn(argv, env=None, cwd=None, logfile=None, stdin=subprocess.DEVNULL):
     return proc
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces or parentheses: split after the last ')'.
+    return stat[stat.rfind(")") + 2:].split()
+
+
 def proc_children(pid):
     kids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces or parentheses: split after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[1]) == pid:
-            kids.append(int(entry))
+        if entry.isdigit():
+            fields = stat_fields(entry)
+            if fields and int(fields[1]) == pid:
+                kids.append(int(entry))
     return kids
 
 
@@ -95,13 +99,9 @@ def rss_kib(pid):
 def cpu_seconds(pids):
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
+        fields = stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
     return total / CLK_TCK
 
 
@@ -952,29 +952,26 @@ def targets(results, cfg, E):
         row(f"Jain fairness >= 0.9, systemd w{E}", fmt(j, ".3f") if j else "no data", j, ">= 0.9",
             lambda x: x >= 0.9)
     if cfg.variants:
+        def compare(label, base, other, base_name, other_name, key, fmt_value, goal):
+            """One information row: `other` against `base` (higher is better)."""
+            b, o = s(base, key), s(other, key)
+            rows.append({"target": f"variant {E} workers: {label} (info)",
+                         "measured": f"{fmt_value(o)} vs {fmt_value(b)}",
+                         "ratio": o / b if b and o else None, "goal": goal,
+                         "result": "n/a" if not (b and o) else (other_name if o > b else base_name)})
+
+        jain = lambda v: fmt(v, ".3f") if v else "-"  # noqa: E731
         for path, key in (("/healthz", "healthz_rps"), ("/", "root_rps")):
-            t1, t2 = s(f"coreiix up w{E} threads=1", key), s(f"coreiix up w{E} threads=2", key)
-            rows.append({"target": f"variant {E} workers: COREIIX_THREADS=2 vs =1, {path} (info)",
-                         "measured": f"{fmt_rps(t2)} vs {fmt_rps(t1)}",
-                         "ratio": t2 / t1 if t1 and t2 else None, "goal": "keep the faster",
-                         "result": "n/a" if not (t1 and t2) else ("threads=2" if t2 > t1 else "threads=1")})
-        for path, key in (("/healthz", "healthz_rps"), ("/", "root_rps")):
-            th, rt = s(f"coreiix up w{E}", key), s(f"coreiix up w{E} accept=runtime", key)
-            rows.append({"target": f"variant {E} workers: COREIIX_ACCEPT=runtime vs thread, {path} (info)",
-                         "measured": f"{fmt_rps(rt)} vs {fmt_rps(th)}",
-                         "ratio": rt / th if th and rt else None, "goal": "keep the faster",
-                         "result": "n/a" if not (th and rt) else ("runtime" if rt > th else "thread")})
-        for path, key in (("/healthz", "healthz_rps"), ("/", "root_rps")):
-            sh, rp = s(f"coreiix up w{E}", key), s(f"coreiix reuseport w{E}", key)
-            rows.append({"target": f"variant {E} workers: one SO_REUSEPORT socket each vs shared, {path} (info)",
-                         "measured": f"{fmt_rps(rp)} vs {fmt_rps(sh)}",
-                         "ratio": rp / sh if sh and rp else None, "goal": "keep the faster",
-                         "result": "n/a" if not (sh and rp) else ("reuseport" if rp > sh else "shared")})
-        jt, jr = s(f"coreiix up w{E}", "jain"), s(f"coreiix up w{E} accept=runtime", "jain")
-        rows.append({"target": f"variant {E} workers: Jain, accept=runtime vs thread (info)",
-                     "measured": f"{fmt(jr, '.3f') if jr else '-'} vs {fmt(jt, '.3f') if jt else '-'}",
-                     "ratio": jr / jt if jt and jr else None, "goal": "keep the fairer",
-                     "result": "n/a" if not (jt and jr) else ("runtime" if jr > jt else "thread")})
+            compare(f"COREIIX_THREADS=2 vs =1, {path}", f"coreiix up w{E} threads=1",
+                    f"coreiix up w{E} threads=2", "threads=1", "threads=2", key, fmt_rps, "keep the faster")
+            compare(f"COREIIX_ACCEPT=runtime vs thread, {path}", f"coreiix up w{E}",
+                    f"coreiix up w{E} accept=runtime", "thread", "runtime", key, fmt_rps, "keep the faster")
+            compare(f"one SO_REUSEPORT socket each vs shared, {path}", f"coreiix up w{E}",
+                    f"coreiix reuseport w{E}", "shared", "reuseport", key, fmt_rps, "keep the faster")
+        compare("Jain, accept=runtime vs thread", f"coreiix up w{E}", f"coreiix up w{E} accept=runtime",
+                "thread", "runtime", "jain", jain, "keep the fairer")
+        compare("Jain, one SO_REUSEPORT socket each vs shared", f"coreiix up w{E}", f"coreiix reuseport w{E}",
+                "shared", "reuseport", "jain", jain, "keep the fairer")
     return rows
 
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::process::Stdio;
@@ -12,21 +13,33 @@ use support::{NotifySocket, Proc, WORKER, command, get, loopback_listener, pass_
 
 const SECOND: Duration = Duration::from_secs(1);
 
-#[test]
-fn answers_http_on_an_inherited_tcp_socket_and_talks_to_systemd() {
+/// A worker started as systemd starts one: a loopback listening socket as fd 3 with
+/// `LISTEN_FDS=1`, and a notify socket; returned once it has sent READY=1.
+struct Started {
+    worker: Proc,
+    addr: std::net::SocketAddr,
+    notify: NotifySocket,
+    _dir: tempfile::TempDir,
+}
+
+fn start(env: &[(&str, &str)]) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let (listener, addr) = loopback_listener();
     let notify = NotifySocket::bind(dir.path());
     let mut cmd = command(WORKER, dir.path());
-    cmd.env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "400000")
-        .env("DEPLOYMENT_PROFILE", "small")
-        .env("COREIIX_INSTANCE", "7");
+    cmd.env("NOTIFY_SOCKET", &notify.path).envs(env.iter().copied());
     pass_fd_3(&mut cmd, listener.as_raw_fd());
-    let mut worker = Proc::spawn(&mut cmd);
+    let worker = Proc::spawn(&mut cmd);
     drop(listener); // the worker holds its own copy, as under systemd
+    notify.wait_for("READY=1", 10 * SECOND);
+    Started { worker, addr, notify, _dir: dir }
+}
 
-    let ready = notify.wait_for("READY=1", 10 * SECOND);
+#[test]
+fn answers_http_on_an_inherited_tcp_socket_and_talks_to_systemd() {
+    let Started { mut worker, addr, notify, _dir } =
+        start(&[("WATCHDOG_USEC", "400000"), ("DEPLOYMENT_PROFILE", "small"), ("COREIIX_INSTANCE", "7")]);
+    let ready = notify.wait_for("READY=1", SECOND);
     assert!(ready.contains("STATUS=Serving: 0 requests"), "{ready}");
 
     let health = get(addr, "/healthz", SECOND).unwrap();
@@ -57,14 +70,7 @@ fn answers_http_on_an_inherited_tcp_socket_and_talks_to_systemd() {
 
 #[test]
 fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = loopback_listener();
-    let notify = NotifySocket::bind(dir.path());
-    let mut cmd = command(WORKER, dir.path());
-    cmd.env("NOTIFY_SOCKET", &notify.path).env("COREIIX_DIAGNOSTICS", "true");
-    pass_fd_3(&mut cmd, listener.as_raw_fd());
-    let mut worker = Proc::spawn(&mut cmd);
-    notify.wait_for("READY=1", 10 * SECOND);
+    let Started { mut worker, addr, notify, _dir } = start(&[("COREIIX_DIAGNOSTICS", "true")]);
 
     let slow = std::thread::spawn(move || get(addr, "/debug/delay?ms=1500", 10 * SECOND));
     support::wait_until("the slow request to be in flight", 5 * SECOND, || {
@@ -92,7 +98,7 @@ fn serves_an_inherited_unix_socket() {
     notify.wait_for("READY=1", 10 * SECOND);
     let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
     stream.set_read_timeout(Some(5 * SECOND)).unwrap();
-    use std::io::{Read, Write};
+
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
@@ -154,15 +160,8 @@ fn configuration_errors_exit_2_before_serving() {
 
 #[test]
 fn oversized_headers_are_refused_with_431() {
-    let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = loopback_listener();
-    let notify = NotifySocket::bind(dir.path());
-    let mut cmd = command(WORKER, dir.path());
-    cmd.env("NOTIFY_SOCKET", &notify.path).env("COREIIX_MAX_HEADER_BYTES", "8192");
-    pass_fd_3(&mut cmd, listener.as_raw_fd());
-    let _worker = Proc::spawn(&mut cmd);
-    notify.wait_for("READY=1", 10 * SECOND);
-    use std::io::{Read, Write};
+    let Started { addr, worker: _worker, .. } = start(&[("COREIIX_MAX_HEADER_BYTES", "8192")]);
+
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(5 * SECOND)).unwrap();
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)).unwrap();
@@ -175,16 +174,7 @@ fn oversized_headers_are_refused_with_431() {
 /// an idle keep-alive connection is closed.
 #[test]
 fn draining_answers_a_fresh_connection_and_closes_idle_keep_alive() {
-    use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = loopback_listener();
-    let notify = NotifySocket::bind(dir.path());
-    let mut cmd = command(WORKER, dir.path());
-    cmd.env("NOTIFY_SOCKET", &notify.path);
-    pass_fd_3(&mut cmd, listener.as_raw_fd());
-    let mut worker = Proc::spawn(&mut cmd);
-    drop(listener);
-    notify.wait_for("READY=1", 10 * SECOND);
+    let Started { mut worker, addr, notify, _dir } = start(&[]);
 
     let mut idle = std::net::TcpStream::connect(addr).unwrap();
     idle.set_read_timeout(Some(5 * SECOND)).unwrap();
@@ -210,15 +200,7 @@ fn draining_answers_a_fresh_connection_and_closes_idle_keep_alive() {
 /// The header timeout also closes idle keep-alive connections and silent new ones.
 #[test]
 fn idle_connections_are_closed_after_the_header_timeout() {
-    use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = loopback_listener();
-    let notify = NotifySocket::bind(dir.path());
-    let mut cmd = command(WORKER, dir.path());
-    cmd.env("NOTIFY_SOCKET", &notify.path).env("COREIIX_HEADER_TIMEOUT", "1");
-    pass_fd_3(&mut cmd, listener.as_raw_fd());
-    let _worker = Proc::spawn(&mut cmd);
-    notify.wait_for("READY=1", 10 * SECOND);
+    let Started { addr, worker: _worker, .. } = start(&[("COREIIX_HEADER_TIMEOUT", "1")]);
     let mut idle = std::net::TcpStream::connect(addr).unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 512];
