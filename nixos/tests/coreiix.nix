@@ -131,7 +131,7 @@ pkgs.testers.runNixOSTest {
           machine.succeed("coreiix-plan check")
           pid = show("coreiix@1.service", "MainPID")
           machine.succeed(f"tr '\\0' '\\n' < /proc/{pid}/environ | grep -qx COREIIX_DRAIN_TIMEOUT=5")
-          assert "8000" in "${toString nodes.machine.networking.firewall.allowedTCPPorts}"
+          assert "8000" in "${toString nodes.machine.networking.firewall.allowedTCPPorts}".split()
 
       with subtest("a switch to three workers keeps the socket and refuses nothing"):
           socket_invocation = show("coreiix.socket", "InvocationID")
