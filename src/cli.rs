@@ -22,8 +22,8 @@ pub const GENERATOR_NAME: &str = "coreiix-generator";
     name = "coreiix-plan",
     version,
     about = "Plan, start and resize a pool of Coreiix workers",
-    long_about = "Computes how many Coreiix workers to run (from the deployment profile, WORKERS, \
-                  the env file and this command line, strongest last) and runs that plan: \
+    long_about = "Computes how many Coreiix workers to run (from this command line, the environment, \
+                  the env file and the profile's default, strongest first) and runs that plan: \
                   without systemd (`up`), or on a systemd pool (`apply`, `status`, `restart`)."
 )]
 pub struct Cli {
