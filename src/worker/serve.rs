@@ -232,18 +232,13 @@ impl Acceptor {
         let _runtime = handle.enter();
         while !self.stopping.load(Relaxed) {
             let asked = std::time::Instant::now();
-            let accepted = match &listener {
-                StdListener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-                StdListener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            };
-            match accepted.and_then(Stream::into_tokio) {
-                Ok(Stream::Tcp(_) | Stream::Unix(_)) => unreachable!("converted above"),
-                Ok(Stream::TokioTcp(s)) => {
+            match accept_one(&listener) {
+                Ok(Accepted::Tcp(s)) => {
                     let _ = s.set_nodelay(true);
                     self.spawn(s);
                     share_a_burst(asked);
                 }
-                Ok(Stream::TokioUnix(s)) => {
+                Ok(Accepted::Unix(s)) => {
                     self.spawn(s);
                     share_a_burst(asked);
                 }
@@ -354,29 +349,27 @@ const BURST_PAUSE: Duration = Duration::from_micros(200);
 /// How long a blocking accept waits before looking at the stop flag again.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
-/// An accepted connection, before and after it is handed to the runtime.
-enum Stream {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
-    TokioTcp(tokio::net::TcpStream),
-    TokioUnix(tokio::net::UnixStream),
+/// A connection accepted on the accept thread, registered with the runtime.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
-impl Stream {
-    /// Registers the connection with the runtime (needs its context entered).
-    fn into_tokio(self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                Stream::TokioTcp(tokio::net::TcpStream::from_std(s)?)
-            }
-            Stream::Unix(s) => {
-                s.set_nonblocking(true)?;
-                Stream::TokioUnix(tokio::net::UnixStream::from_std(s)?)
-            }
-            converted => converted,
-        })
-    }
+/// One blocking accept; the connection is made non-blocking and registered with the runtime
+/// (whose context the calling thread has entered).
+fn accept_one(listener: &StdListener) -> std::io::Result<Accepted> {
+    Ok(match listener {
+        StdListener::Tcp(l) => {
+            let (s, _) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Accepted::Tcp(tokio::net::TcpStream::from_std(s)?)
+        }
+        StdListener::Unix(l) => {
+            let (s, _) = l.accept()?;
+            s.set_nonblocking(true)?;
+            Accepted::Unix(tokio::net::UnixStream::from_std(s)?)
+        }
+    })
 }
 
 /// Accept errors such as running out of file descriptors are transient: wait a little instead

@@ -2,7 +2,9 @@
 # systemd-box.sh - boot a real systemd as PID 1 of its own namespaces ("systemd in a box")
 # so integration tests can exercise the Coreiix units without touching the host's init.
 #
-#   systemd-box.sh start             boot a box; print its PID 1 (as seen from the host)
+#   systemd-box.sh start [DIR...]    boot a box; print its PID 1 (as seen from the host);
+#                                    each DIR (e.g. a checkout under /tmp) is shown inside
+#                                    at the same path
 #   systemd-box.sh exec PID CMD...   run CMD inside the box (nsenter, clean environment)
 #   systemd-box.sh stop PID          power the box off, then remove its temporary files
 #
@@ -194,6 +196,14 @@ cmd_start() {
     log=$S_DIR/box.log
     : >"$S_DIR/$MARKER"
     : >"$log"
+    # Host directories to show inside the box at the same path: the box has its own /tmp and
+    # /run, so a checkout or build output there would otherwise be invisible.
+    local d
+    : >"$S_DIR/binds"
+    for d in "$@"; do
+        [ -d "$d" ] || fail "not a directory: $d"
+        readlink -f -- "$d" >>"$S_DIR/binds"
+    done
 
     # A cgroup for the whole box, below our own: the box's cgroup namespace is rooted there,
     # and it lets us find (and if need be kill) every process of the box.
@@ -322,6 +332,11 @@ cmd_inner() {
     ln -s /proc/self/fd/2 "$R/dev/stderr"
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+    local b
+    while IFS= read -r b; do
+        mkdir -p "$R$b"
+        mount --bind "$b" "$R$b"
+    done <"$dir/binds"
 
     u=$R/etc/systemd/system
     mkdir -p "$u"
@@ -353,7 +368,7 @@ main() {
     local sub=$1
     shift
     case $sub in
-    start) [ $# -eq 0 ] || usage; cmd_start ;;
+    start) cmd_start "$@" ;;
     exec) cmd_exec "$@" ;;
     stop) cmd_stop "$@" ;;
     __launch) cmd_launch "$@" ;;

@@ -61,9 +61,18 @@ impl SystemdBox {
     /// "degraded"). Panics with the reason and the box log tail on failure.
     pub fn start() -> SystemdBox {
         let script = script();
+        // The repository and the build output must be visible inside even when they live
+        // under /tmp or /run, which the box replaces with its own.
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let build = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+            .filter(|dir| !dir.starts_with(&manifest));
         let out = Command::new("bash")
             .arg(&script)
             .arg("start")
+            .arg(&manifest)
+            .args(build)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("systemd box: cannot run {}: {e}", script.display()));
