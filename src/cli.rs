@@ -11,7 +11,6 @@ use crate::config::{Config, Environment, Value};
 use crate::error::{self, ConfigError};
 use crate::plan::{self, Format, Overrides, Plan};
 use crate::socket::ListenAddr;
-use crate::worker::WorkerSettings;
 use crate::{launcher, pool};
 
 /// The name under which the binary acts as a systemd generator.
@@ -140,8 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { planned_invalid } => {
             let plan = ctx.plan()?;
-            WorkerSettings::from_config(&ctx.config)?;
-            crate::logging::Logging::from_config(&ctx.config)?;
+            crate::worker::validate(&ctx.config)?;
             launcher::ready_timeout(&ctx.config)?;
             if ctx.config.value(&crate::settings::COREIIX_WORKER_BIN).is_some() {
                 launcher::worker_binary(&ctx)?;

@@ -249,6 +249,34 @@ fn a_configuration_error_reaches_systemctl_status_and_the_journal() {
     pool.b.write_file("/etc/coreiix/coreiix.env", "DEPLOYMENT_PROFILE=small\n");
     pool.b.sh_ok("systemctl daemon-reload && systemctl start coreiix.target");
     pool.wait_active(&[1, 2]);
+
+    // A rolling restart onto a configuration the workers would reject is refused before any
+    // instance is touched.
+    let before = (pool.main_pid(1), pool.main_pid(2));
+    pool.b.write_file("/etc/coreiix/coreiix.env", "DEPLOYMENT_PROFILE=small\nCOREIIX_DRAIN_TIMEOUT=soon\n");
+    let refused = pool.b.sh("coreiix-plan restart");
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.all_text());
+    assert!(
+        refused.all_text().contains("\"soon\" from COREIIX_DRAIN_TIMEOUT in /etc/coreiix/coreiix.env line 2")
+    );
+    assert_eq!((pool.main_pid(1), pool.main_pid(2)), before);
+
+    // A new worker that fails to come up (here: a broken binary) stops the roll at that
+    // instance, with the reason, and the instances after it keep serving.
+    pool.b.write_file("/etc/coreiix/coreiix.env", "DEPLOYMENT_PROFILE=small\n");
+    // Replaced the way an upgrade replaces it: a new file moved over the old name.
+    pool.b.sh_ok(
+        "cp /usr/local/bin/coreiix /root/coreiix.good && printf '#!/bin/sh\\nexit 1\\n' > /root/coreiix.bad \
+         && chmod +x /root/coreiix.bad && mv -f /root/coreiix.bad /usr/local/bin/coreiix",
+    );
+    let roll = pool.b.sh("coreiix-plan restart");
+    let text = roll.all_text();
+    assert!(!roll.status.success(), "{text}");
+    assert!(text.contains("stopped the rolling restart at coreiix@1.service"), "{text}");
+    assert_eq!(pool.main_pid(2), before.1, "instance 2 was not touched");
+    assert_eq!(get(pool.addr, "/healthz", 5 * SECOND).unwrap().status, 200);
+    pool.b.sh_ok("mv -f /root/coreiix.good /usr/local/bin/coreiix && coreiix-plan restart");
+    pool.wait_active(&[1, 2]);
 }
 
 #[test]

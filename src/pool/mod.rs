@@ -135,6 +135,7 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
         return Err(ConfigError::new("apply takes --workers N or --profile P, not both").into());
     }
     let mut plan = ctx.plan()?;
+    crate::worker::validate(&ctx.config)?;
     if args.profile.is_some() && args.workers.is_none() {
         // Choosing a profile here means that profile's own count, whatever WORKERS says in the
         // environment or the env file (which --persist comments out).
@@ -291,6 +292,8 @@ fn set_key(text: &str, key: &str, value: &str, clear_workers: bool) -> String {
 /// Restarts instances one at a time; each restart returns once the new process is READY.
 pub fn restart(ctx: &Context) -> anyhow::Result<()> {
     let plan = ctx.plan()?;
+    // Refuse to roll onto a configuration the new workers would reject: nothing is touched.
+    crate::worker::validate(&ctx.config)?;
     let running: Vec<Instance> = instances(plan.workers)?.into_iter().filter(Instance::running).collect();
     if running.is_empty() {
         bail!("no coreiix@ instance is running; start the pool with: systemctl start coreiix.target");

@@ -74,6 +74,13 @@ impl WorkerSettings {
     }
 }
 
+/// Checks everything a worker would read from `config`, as a worker starting now would.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    WorkerSettings::from_config(config)?;
+    Logging::from_config(config)?;
+    Ok(())
+}
+
 /// The worker's `main`: reads all configuration and takes the sockets on this one thread,
 /// then starts the runtime sized by the plan and serves until told to stop.
 pub fn main() -> anyhow::Result<()> {
