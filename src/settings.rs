@@ -65,7 +65,7 @@ settings! {
     COREIIX_DIAGNOSTICS: Config, "false",
         "true enables GET /debug/delay?ms=N, a slow endpoint for drain and load tests.";
     COREIIX_ACCEPT: Config, "thread",
-        "How workers accept: thread (blocking accept, fair across workers) or runtime (epoll).";
+        "How workers accept: thread (an accept thread, fair across workers) or runtime (its epoll).";
     COREIIX_WORKER_BIN: Config, "coreiix next to coreiix-plan",
         "Worker executable that coreiix-plan up starts.";
     COREIIX_READY_TIMEOUT: Config, "60",

@@ -280,3 +280,42 @@ fn up_reports_to_its_own_service_manager() {
     notify.wait_for("STOPPING=1", 10 * SECOND);
     assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
 }
+
+/// The listening socket's flags belong to every process that holds it: no worker may make it
+/// blocking, whichever way it accepts, or a worker accepting on its runtime's epoll would
+/// stall. Rolls from one accept mode to the other under load keep it non-blocking.
+#[test]
+fn accept_modes_leave_the_shared_socket_non_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("site.env");
+    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\nCOREIIX_ACCEPT=thread\n").unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let mut cmd = command(PLANNER, dir.path());
+    cmd.args(["up", "--listen", &addr.to_string()]).env("COREIIX_ENV_FILE", &env_file);
+    let proc = Proc::spawn(cmd.stdout(Stdio::null()));
+    support::wait_http_ok(addr, "/healthz", 20 * SECOND);
+    let up = Up { proc, addr, _dir: dir };
+    let non_blocking = |pid: i32| {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim().to_owned();
+        u32::from_str_radix(&flags, 8).unwrap() & libc::O_NONBLOCK as u32 != 0
+    };
+    let load = Load::start(up.addr, 4, 60 * SECOND);
+    for mode in ["runtime", "thread"] {
+        let before = wait_for_workers(&up, 2);
+        std::fs::write(&env_file, format!("DEPLOYMENT_PROFILE=small\nCOREIIX_ACCEPT={mode}\n")).unwrap();
+        up.proc.signal(libc::SIGHUP);
+        wait_until("both workers replaced", 20 * SECOND, || {
+            let now = workers(up.proc.pid());
+            now.len() == 2 && now.iter().all(|p| !before.contains(p))
+        });
+        for pid in workers(up.proc.pid()) {
+            assert!(non_blocking(pid), "worker {pid} sees a blocking socket after the roll to {mode}");
+        }
+    }
+    let report = load.finish();
+    assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
+    let mut proc = up.proc;
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
+}

@@ -35,8 +35,8 @@ pub struct WorkerSettings {
 /// How a worker accepts connections on its (shared) listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptMode {
-    /// Blocking accept(2) on a thread of its own: the kernel wakes one worker per connection,
-    /// in turn (fair, no thundering herd).
+    /// poll(2) and a non-blocking accept on a thread of its own, sharing bursts out among the
+    /// workers (fair).
     Thread,
     /// The runtime's epoll: every worker is woken for every connection.
     Runtime,

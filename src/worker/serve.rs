@@ -219,38 +219,46 @@ impl Acceptor {
         }
     }
 
-    /// Accepts with blocking `accept(2)` calls on a thread of its own. On a socket shared by
-    /// several processes the kernel hands each connection to exactly one waiting acceptor, in
-    /// turn, so connections spread evenly over the workers and nobody else is woken; with the
-    /// runtime's epoll, every worker wakes for every connection and the ones already running
-    /// win most of them. A receive timeout on the socket lets the thread notice a stop.
+    /// Accepts on a thread of its own: waits for the socket with poll(2), then accepts without
+    /// blocking (the shared socket stays non-blocking for everyone: its flags belong to every
+    /// process holding it, and systemd's `NonBlocking=true` sets them too). The runtime's own
+    /// epoll is not used for the listening socket because there, whichever worker is already
+    /// running takes every new connection; here an acceptor that takes one while more are
+    /// queued steps aside briefly, so a burst is shared out among the workers.
     fn run_blocking(self, listener: StdListener, handle: tokio::runtime::Handle) {
-        let sock = socket2::SockRef::from(&listener);
-        if let Err(e) = sock.set_read_timeout(Some(ACCEPT_POLL)).and_then(|()| sock.set_nonblocking(false)) {
-            tracing::warn!("cannot prepare the socket for blocking accepts: {e}");
-        }
         let _runtime = handle.enter();
+        let fd = listener.as_raw_fd();
+        let alone = self.state.info.workers <= 1;
         while !self.stopping.load(Relaxed) {
-            let asked = std::time::Instant::now();
+            match readable(fd, ACCEPT_POLL) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("waiting for connections failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
             match accept_one(&listener) {
-                Ok(Accepted::Tcp(s)) => {
-                    let _ = s.set_nodelay(true);
-                    self.spawn(s);
-                    share_a_burst(asked);
-                }
-                Ok(Accepted::Unix(s)) => {
-                    self.spawn(s);
-                    share_a_burst(asked);
-                }
-                // The receive timeout: look at the stop flag again. Someone may also have made
-                // the shared socket non-blocking (an older worker, NonBlocking=yes): undo it,
-                // or this loop would spin.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if sock.nonblocking().unwrap_or(false) {
-                        let _ = sock.set_nonblocking(false);
+                Ok(accepted) => {
+                    match accepted {
+                        Accepted::Tcp(s) => {
+                            let _ = s.set_nodelay(true);
+                            self.spawn(s);
+                        }
+                        Accepted::Unix(s) => self.spawn(s),
+                    }
+                    if !alone && readable(fd, Duration::ZERO).unwrap_or(false) {
+                        std::thread::sleep(BURST_PAUSE);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Another worker took it, or it was a spurious wake-up.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(50));
@@ -333,20 +341,22 @@ impl FirstRequest {
     }
 }
 
-/// After an accept that did not have to wait (connections were queued: a burst), give the
-/// other workers' acceptors, which the kernel has woken for the same burst, a turn first;
-/// otherwise whichever worker happens to be running drains the whole queue.
-fn share_a_burst(asked: std::time::Instant) {
-    if asked.elapsed() < BURST {
-        std::thread::sleep(BURST_PAUSE);
+/// How long an acceptor that found more connections queued steps aside for the others.
+const BURST_PAUSE: Duration = Duration::from_micros(200);
+
+/// Whether `fd` has a connection to accept, waiting at most `timeout`.
+fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, for the duration of the call.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(false),
+        _ => Ok(pfd.revents & libc::POLLIN != 0),
     }
 }
 
-/// An accept that returns faster than this found a queued connection.
-const BURST: Duration = Duration::from_micros(50);
-const BURST_PAUSE: Duration = Duration::from_micros(200);
-
-/// How long a blocking accept waits before looking at the stop flag again.
+/// How long the accept thread waits before looking at the stop flag again.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 /// A connection accepted on the accept thread, registered with the runtime.
