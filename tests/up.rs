@@ -319,3 +319,32 @@ fn accept_modes_leave_the_shared_socket_non_blocking() {
     proc.signal(libc::SIGTERM);
     assert_eq!(proc.wait_for(20 * SECOND).code(), Some(0));
 }
+
+/// Once the pool serves, a replacement that cannot start (here: the worker binary lost its
+/// execute bit during an upgrade) is retried with backoff; it never takes the pool down.
+#[test]
+fn a_serving_pool_survives_a_worker_that_cannot_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("coreiix");
+    std::fs::copy(support::WORKER, &bin).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let mut cmd = command(PLANNER, dir.path());
+    cmd.args(["up", "--workers", "2", "--listen", &addr.to_string()]).env("COREIIX_WORKER_BIN", &bin);
+    let proc = Proc::spawn(cmd.stdout(Stdio::null()));
+    support::wait_http_ok(addr, "/healthz", 20 * SECOND);
+    let mut up = Up { proc, addr, _dir: dir };
+    let before = wait_for_workers(&up, 2);
+
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: kill(2) of a worker this test's launcher started.
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    std::thread::sleep(SECOND);
+    assert!(up.proc.child.try_wait().unwrap().is_none(), "the launcher must keep running");
+    assert_eq!(get(up.addr, "/healthz", 5 * SECOND).unwrap().status, 200);
+
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wait_for_workers(&up, 2);
+    up.proc.signal(libc::SIGTERM);
+    assert_eq!(up.proc.wait_for(20 * SECOND).code(), Some(0));
+}

@@ -153,18 +153,14 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
             watcher.ok()
         }
         None => {
-            for slot in 1..=sup.desired {
-                sup.spawn(slot);
-            }
+            sup.fill_slots();
             None
         }
     };
 
-    while let Some(event) = rx.recv().await {
+    while !(sup.shutting_down && sup.workers.is_empty()) {
+        let Some(event) = rx.recv().await else { break };
         sup.handle(event);
-        if sup.shutting_down && sup.workers.is_empty() {
-            break;
-        }
     }
     Ok(sup.exit_code)
 }
@@ -218,9 +214,7 @@ impl Supervisor {
                         if self.shutting_down {
                             // Nothing to start: we are on the way out.
                         } else if first {
-                            for slot in 1..=self.desired {
-                                self.spawn(slot);
-                            }
+                            self.fill_slots();
                         } else {
                             say("rebuilt; replacing the worker".into());
                             self.start_roll();
@@ -300,6 +294,18 @@ impl Supervisor {
         });
     }
 
+    /// Starts a worker in every planned slot that has none.
+    fn fill_slots(&mut self) {
+        for slot in 1..=self.desired {
+            if self.shutting_down {
+                return;
+            }
+            if !self.occupied(slot) {
+                self.spawn(slot);
+            }
+        }
+    }
+
     fn occupied(&self, slot: u32) -> bool {
         self.workers.values().any(|w| w.slot == slot && !w.stopping)
     }
@@ -313,14 +319,15 @@ impl Supervisor {
                 Some(id)
             }
             Err(e) => {
-                let hopeless = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                let unrunnable = e.downcast_ref::<ExecFailed>().is_some_and(|ExecFailed(io)| {
                     matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
                         || io.raw_os_error() == Some(libc::ENOEXEC)
                 });
                 let program = self.opts.command.program.as_ref().map(|p| p.display().to_string());
                 let program = program.unwrap_or_else(|| "(none)".to_owned());
-                if hopeless {
-                    // Retrying cannot make an executable appear: stop like a configuration error.
+                if unrunnable && !self.announced {
+                    // Nothing has served yet and retrying cannot make an executable appear:
+                    // stop like a configuration error. Once the pool serves, keep it serving.
                     say(format!("cannot start worker {slot} from {program}: {e:#}; stopping"));
                     self.exit_code = EXIT_CONFIG;
                     self.shutdown();
@@ -337,7 +344,8 @@ impl Supervisor {
         // A private notify socket per worker, so a READY=1 can only come from that worker.
         let path = self.runtime_dir.path().join(format!("notify-{id}.sock"));
         let sock = UnixDatagram::bind(&path)?;
-        let mut child = self.opts.command.command(slot, &path.to_string_lossy())?.spawn()?;
+        let mut child =
+            self.opts.command.command(slot, &path.to_string_lossy())?.spawn().map_err(ExecFailed)?;
         let pid = child.id().unwrap_or(0);
 
         let tx = self.tx.clone();
@@ -422,6 +430,10 @@ impl Supervisor {
             ));
             self.roll = None;
             self.roll_again = false;
+            if !self.occupied(w.slot) && !config_error {
+                // Its old worker died meanwhile: the slot must not stay empty.
+                self.respawn_later(w.slot, None);
+            }
             return;
         }
         if self.shutting_down || w.stopping {
@@ -430,13 +442,24 @@ impl Supervisor {
             }
             return;
         }
-        if config_error {
+        if config_error && !self.announced {
             say(format!(
                 "worker {} (pid {}) exited with status {EXIT_CONFIG}: a configuration error (its message is above); stopping",
                 w.slot, w.pid
             ));
             self.exit_code = EXIT_CONFIG;
             self.shutdown();
+            return;
+        }
+        if config_error {
+            // The configuration changed under a serving pool: restarting would only loop, and
+            // stopping would take the healthy workers down too.
+            say(format!(
+                "worker {} (pid {}) exited with status {EXIT_CONFIG}: a configuration error (its message is above); \
+                 slot {} stays empty until the configuration is fixed and SIGHUP is sent",
+                w.slot, w.pid, w.slot
+            ));
+            self.report_status();
             return;
         }
         let lived = w.started.elapsed();
@@ -502,6 +525,8 @@ impl Supervisor {
         if self.shutting_down {
             return;
         }
+        // Slots left empty (e.g. after a configuration error) are filled first.
+        self.fill_slots();
         if self.roll.is_some() {
             self.roll_again = true;
             return;
@@ -547,6 +572,18 @@ fn signal_pid(pid: u32, sig: libc::c_int) {
         }
     }
 }
+
+/// The worker executable could not be started (as opposed to, say, its notify socket).
+#[derive(Debug)]
+struct ExecFailed(std::io::Error);
+
+impl std::fmt::Display for ExecFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ExecFailed {}
 
 /// Removes a worker's notify socket once nobody listens on it.
 struct RemoveOnDrop(PathBuf);
