@@ -18,6 +18,14 @@ import sys
 def main():
     workers, port, binary = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     children = []
+
+    def stop(_sig, _frame):
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+
+    # Installed before any worker exists, so an early SIGTERM leaves no orphan.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     for slot in range(1, workers + 1):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -29,13 +37,6 @@ def main():
         children.append(subprocess.Popen(
             [binary], env=env, pass_fds=(fd,), preexec_fn=lambda fd=fd: os.dup2(fd, 3)))
         sock.close()
-
-    def stop(_sig, _frame):
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     sys.exit(max(child.wait() for child in children))
 
 

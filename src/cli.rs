@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Environment, Value};
+use crate::config::{Config, EnvFileChoice, Environment, Value};
 use crate::error::{self, ConfigError};
 use crate::plan::{self, Format, Overrides, Plan};
 use crate::socket::ListenAddr;
@@ -103,6 +103,16 @@ impl Context {
         Ok(Context { env, config, overrides: args.overrides() })
     }
 
+    /// What the systemd pool's generator and instances see: the system env file (or the one
+    /// named on the command line or by `COREIIX_ENV_FILE`) and not this shell's environment,
+    /// which the units do not inherit.
+    pub fn load_for_pool(args: &PlanArgs) -> Result<Context, ConfigError> {
+        let env = Environment::capture();
+        let choice = EnvFileChoice::resolve_system(args.env_file.as_deref(), &env);
+        let config = Config::load(Environment::default(), &choice)?;
+        Ok(Context { env, config, overrides: args.overrides() })
+    }
+
     pub fn plan(&self) -> Result<Plan, ConfigError> {
         plan::plan(&self.overrides, &self.config, plan::detect_cpus())
     }
@@ -129,7 +139,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = Context::load(&cli.plan)?;
+    let for_pool = matches!(cli.command, Some(Command::Apply { .. } | Command::Status | Command::Restart));
+    let ctx = if for_pool { Context::load_for_pool(&cli.plan)? } else { Context::load(&cli.plan)? };
     ctx.warn();
     match cli.command.unwrap_or(Command::Show) {
         Command::Show => {

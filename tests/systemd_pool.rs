@@ -275,6 +275,12 @@ fn a_configuration_error_reaches_systemctl_status_and_the_journal() {
     assert!(text.contains("stopped the rolling restart at coreiix@1.service"), "{text}");
     assert_eq!(pool.main_pid(2), before.1, "instance 2 was not touched");
     assert_eq!(get(pool.addr, "/healthz", 5 * SECOND).unwrap().status, 200);
+    // Likewise `apply --persist` whose new instances cannot start: it fails and puts the env
+    // file back, so the next boot does not plan what never came up.
+    let applied = pool.b.sh("coreiix-plan apply --workers 3 --persist");
+    assert!(!applied.status.success(), "{}", applied.all_text());
+    assert_eq!(pool.b.sh_ok("cat /etc/coreiix/coreiix.env"), "DEPLOYMENT_PROFILE=small\n");
+    pool.b.sh_ok("systemctl stop coreiix@3.service");
     pool.b.sh_ok("mv -f /root/coreiix.good /usr/local/bin/coreiix && coreiix-plan restart");
     pool.wait_active(&[1, 2]);
 }

@@ -198,6 +198,17 @@ impl EnvFileChoice {
     }
 }
 
+impl EnvFileChoice {
+    /// For what systemd runs (the generator, the pool commands): a named file, else only the
+    /// system file; never `./.env`, which depends on where a command happens to run.
+    pub fn resolve_system(cli: Option<&Path>, env: &Environment) -> EnvFileChoice {
+        match EnvFileChoice::resolve(cli, env) {
+            named @ EnvFileChoice::Named { .. } => named,
+            _ => EnvFileChoice::Optional(PathBuf::from(SYSTEM_ENV_FILE)),
+        }
+    }
+}
+
 /// All configuration a process sees: the environment snapshot and the env file.
 #[derive(Debug, Clone, Default)]
 pub struct Config {

@@ -26,6 +26,10 @@ pub struct WorkerCommand {
     env: Vec<(String, String)>,
     /// The listening sockets, kept at fd numbers above any the child will be given.
     fds: Vec<OwnedFd>,
+    /// The originals, kept open so that fds 3.. stay taken in the launcher: a pipe that
+    /// spawning opens (std reports exec errors through one) can then never land where the
+    /// child's dup2 would overwrite it.
+    _originals: Vec<StdListener>,
 }
 
 impl WorkerCommand {
@@ -80,7 +84,7 @@ impl WorkerCommand {
             // SAFETY: `fd` was just created and is owned by nothing else.
             fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
-        Ok(WorkerCommand { program, env, fds })
+        Ok(WorkerCommand { program, env, fds, _originals: listeners })
     }
 
     /// A command for `slot`, reporting to the notify socket at `notify`.

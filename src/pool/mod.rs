@@ -143,9 +143,36 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
             Overrides { workers: Some(plan.profile_workers.to_string()), ..ctx.overrides.clone() };
         plan = crate::plan::plan(&overrides, &ctx.config, crate::plan::detect_cpus())?;
     }
-    // Check that the change can be saved before touching the pool; save it only once the pool
-    // runs the new plan, so a failed apply never leaves a plan that did not come up.
+    // Check that the change can be saved before touching anything.
     let change = if persist { Some(PersistedChange::prepare(ctx, args)?) } else { None };
+    // The file is written first, because the new instances read it when they start (and size
+    // themselves from it); if the pool cannot be moved, the old file is put back.
+    let previous = change.as_ref().map(PersistedChange::write).transpose()?;
+    if let Err(e) = move_pool(&plan) {
+        if let (Some(change), Some(previous)) = (&change, previous) {
+            change.restore(previous);
+        }
+        return Err(e);
+    }
+    if change.is_some() {
+        systemctl(&["daemon-reload".into()])?;
+    }
+    println!(
+        "pool now runs {} workers ({} profile){}",
+        plan.workers,
+        plan.profile,
+        if persist {
+            ", saved"
+        } else {
+            "; not saved: the next boot or daemon-reload uses the env file (add --persist)"
+        }
+    );
+    Ok(())
+}
+
+/// Starts the planned instances that are not ready (each waited for until READY), then drains
+/// and stops the surplus, so the socket always has ready workers behind it.
+fn move_pool(plan: &crate::plan::Plan) -> anyhow::Result<()> {
     let current = instances(plan.workers)?;
     let missing: Vec<String> = (1..=plan.workers)
         .filter(|n| !current.iter().any(|i| i.number == *n && i.ready()))
@@ -168,20 +195,6 @@ pub fn apply(ctx: &Context, args: &PlanArgs, persist: bool) -> anyhow::Result<()
         cmd.extend(surplus.iter().cloned());
         systemctl(&cmd)?;
     }
-    if let Some(change) = &change {
-        change.write()?;
-        systemctl(&["daemon-reload".into()])?;
-    }
-    println!(
-        "pool now runs {} workers ({} profile){}",
-        plan.workers,
-        plan.profile,
-        if persist {
-            ", saved"
-        } else {
-            "; not saved: the next boot or daemon-reload uses the env file (add --persist)"
-        }
-    );
     Ok(())
 }
 
@@ -221,37 +234,55 @@ impl PersistedChange {
         Ok(PersistedChange { path, key, value, clear_workers: args.profile.is_some() })
     }
 
-    /// Replaces the file atomically, keeping its mode and owner (a new file gets 0644): the
-    /// workers run as a dynamic user and must still be able to read it, whatever our umask.
-    fn write(&self) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-        let path = &self.path;
-        let old_meta = std::fs::metadata(path).ok();
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let new = set_key(&old, self.key, &self.value, self.clear_workers);
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mode = old_meta.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
-        let tmp = path.with_extension("env.tmp");
-        let written = (|| -> std::io::Result<()> {
-            let mut file =
-                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-            file.write_all(new.as_bytes())?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            if let Some(m) = &old_meta {
-                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
-            }
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot save {} in {}", self.key, path.display()));
-        }
-        println!("saved {}={} in {}", self.key, self.value, path.display());
-        Ok(())
+    /// Makes the change; returns the file's previous contents (None: there was no file).
+    fn write(&self) -> anyhow::Result<Option<String>> {
+        let previous = std::fs::read_to_string(&self.path).ok();
+        let new = set_key(previous.as_deref().unwrap_or_default(), self.key, &self.value, self.clear_workers);
+        replace_file(&self.path, &new)
+            .with_context(|| format!("cannot save {} in {}", self.key, self.path.display()))?;
+        println!("saved {}={} in {}", self.key, self.value, self.path.display());
+        Ok(previous)
     }
+
+    /// Puts the file back as it was before [`write`](Self::write).
+    fn restore(&self, previous: Option<String>) {
+        let restored = match previous {
+            Some(text) => replace_file(&self.path, &text),
+            None => std::fs::remove_file(&self.path),
+        };
+        match restored {
+            Ok(()) => println!("the pool did not move: {} is as it was", self.path.display()),
+            Err(e) => eprintln!("coreiix-plan: warning: cannot restore {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Replaces a file atomically, keeping its mode and owner (a new file gets 0644): the workers
+/// run as a dynamic user and must still be able to read it, whatever our umask.
+fn replace_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let old_meta = std::fs::metadata(path).ok();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mode = old_meta.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    let tmp = path.with_extension("env.tmp");
+    let written = (|| -> std::io::Result<()> {
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some(m) = &old_meta {
+            std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// On NixOS the env file is a symlink into the read-only store.

@@ -336,6 +336,8 @@ cmd_inner() {
     while IFS= read -r b; do
         mkdir -p "$R$b"
         mount --bind "$b" "$R$b"
+        # Read-only: nothing done inside the box may reach the host.
+        mount -o remount,bind,ro "$R$b"
     done <"$dir/binds"
 
     u=$R/etc/systemd/system
