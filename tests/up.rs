@@ -18,7 +18,19 @@ struct Up {
 }
 
 fn up(args: &[&str], env: &[(&str, &str)]) -> Up {
+    up_in(tempfile::tempdir().unwrap(), args, env)
+}
+
+/// `up` with 2 workers (small profile) reading an env file the test can rewrite.
+fn up_with_env_file(contents: &str) -> (Up, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("site.env");
+    std::fs::write(&env_file, contents).unwrap();
+    let up = up_in(dir, &[], &[("COREIIX_ENV_FILE", env_file.to_str().unwrap())]);
+    (up, env_file)
+}
+
+fn up_in(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Up {
     let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
     let mut cmd = command(PLANNER, dir.path());
     cmd.arg("up").args(args).args(["--listen", &addr.to_string()]).envs(env.iter().copied());
@@ -229,15 +241,7 @@ fn repeated_rolling_restarts_fail_no_request() {
 /// work while draining are ignored, so `up` still exits.
 #[test]
 fn a_broken_reload_keeps_the_old_workers_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let env_file = dir.path().join("site.env");
-    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\n").unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
-    let mut cmd = command(PLANNER, dir.path());
-    cmd.args(["up", "--listen", &addr.to_string()]).env("COREIIX_ENV_FILE", &env_file);
-    let proc = Proc::spawn(cmd.stdout(Stdio::null()));
-    support::wait_http_ok(addr, "/healthz", 20 * SECOND);
-    let up = Up { proc, addr, _dir: dir };
+    let (up, env_file) = up_with_env_file("DEPLOYMENT_PROFILE=small\n");
     let before = wait_for_workers(&up, 2);
 
     std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\nCOREIIX_DRAIN_TIMEOUT=soon\n").unwrap();
@@ -286,15 +290,7 @@ fn up_reports_to_its_own_service_manager() {
 /// stall. Rolls from one accept mode to the other under load keep it non-blocking.
 #[test]
 fn accept_modes_leave_the_shared_socket_non_blocking() {
-    let dir = tempfile::tempdir().unwrap();
-    let env_file = dir.path().join("site.env");
-    std::fs::write(&env_file, "DEPLOYMENT_PROFILE=small\nCOREIIX_ACCEPT=thread\n").unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
-    let mut cmd = command(PLANNER, dir.path());
-    cmd.args(["up", "--listen", &addr.to_string()]).env("COREIIX_ENV_FILE", &env_file);
-    let proc = Proc::spawn(cmd.stdout(Stdio::null()));
-    support::wait_http_ok(addr, "/healthz", 20 * SECOND);
-    let up = Up { proc, addr, _dir: dir };
+    let (up, env_file) = up_with_env_file("DEPLOYMENT_PROFILE=small\nCOREIIX_ACCEPT=thread\n");
     let non_blocking = |pid: i32| {
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
         let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim().to_owned();
