@@ -50,6 +50,7 @@ pub async fn serve(
     // a clone of `open`, so `all_closed` ends once the last one has finished.
     let (stop_accepting, stopped) = watch::channel(false);
     let stopping = Arc::new(AtomicBool::new(false));
+    let heartbeat = Heartbeat::new();
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut addresses = Vec::new();
     let mut acceptors = Vec::new();
@@ -62,6 +63,7 @@ pub async fn serve(
             open: open.clone(),
             stop: stopped.clone(),
             stopping: stopping.clone(),
+            heartbeat: heartbeat.clone(),
         };
         acceptors.push(match (settings.accept, listener) {
             (AcceptMode::Thread, listener) => {
@@ -111,6 +113,7 @@ pub async fn serve(
     notifier.ready(&status(&state));
 
     let status_task = tokio::spawn(report_status(state.clone(), notifier, status));
+    let heartbeat_task = tokio::spawn(heartbeat.clone().beat());
     let watchdog_task = notifier.watchdog_every.map(|every| tokio::spawn(watchdog(notifier, every)));
 
     tokio::select! {
@@ -145,6 +148,7 @@ pub async fn serve(
     if let Some(task) = watchdog_task {
         task.abort();
     }
+    heartbeat_task.abort();
     Ok(())
 }
 
@@ -188,6 +192,8 @@ struct Acceptor {
     open: mpsc::Sender<()>,
     /// The same signal as `stop`, for the blocking accept thread.
     stopping: Arc<AtomicBool>,
+    /// Whether the runtime is making progress, for the accept thread.
+    heartbeat: Heartbeat,
     stop: watch::Receiver<bool>,
 }
 
@@ -230,6 +236,12 @@ impl Acceptor {
         let fd = listener.as_raw_fd();
         let alone = self.state.info.workers <= 1;
         while !self.stopping.load(Relaxed) {
+            // A runtime that has stopped making progress (stuck, or swamped) must not keep
+            // taking its share of connections: leave them to the other workers meanwhile.
+            if !self.heartbeat.fresh() {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
             match readable(fd, ACCEPT_POLL) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -338,6 +350,40 @@ impl FirstRequest {
 
     async fn wait(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// A timestamp the runtime refreshes from a task of its own, so other threads can tell that
+/// it still runs its tasks.
+#[derive(Clone)]
+struct Heartbeat {
+    origin: std::time::Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Heartbeat {
+    const EVERY: Duration = Duration::from_millis(100);
+    /// Older than this, the runtime is considered stalled.
+    const STALE_MS: u64 = 1000;
+
+    fn new() -> Heartbeat {
+        Heartbeat { origin: std::time::Instant::now(), last_ms: Arc::default() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    async fn beat(self) {
+        let mut tick = tokio::time::interval(Self::EVERY);
+        loop {
+            tick.tick().await;
+            self.last_ms.store(self.now_ms(), Relaxed);
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        self.now_ms().saturating_sub(self.last_ms.load(Relaxed)) < Self::STALE_MS
     }
 }
 
