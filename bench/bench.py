@@ -66,6 +66,12 @@ def stat_fields(pid):
     return stat[stat.rfind(")") + 2:].split()
 
 
+def start_time(pid):
+    """When the process started (clock ticks since boot), or None if it is gone."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
 def proc_children(pid):
     kids = []
     for entry in os.listdir("/proc"):
@@ -133,6 +139,9 @@ def stop_proc(proc, sig=signal.SIGTERM, grace=15.0):
     if proc.pid not in STARTED:
         return
     tree = proc_tree(proc.pid) if proc.poll() is None else [proc.pid]
+    # A pid can be reused once its process is gone: remember each one's start time and kill
+    # only a process that still has it.
+    started = {pid: start_time(pid) for pid in tree}
     if proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
@@ -148,7 +157,7 @@ def stop_proc(proc, sig=signal.SIGTERM, grace=15.0):
     except (ProcessLookupError, PermissionError):
         pass
     for pid in tree[1:]:  # descendants that left the group (setsid) or were orphaned
-        if pid_alive(pid):
+        if pid_alive(pid) and started[pid] is not None and start_time(pid) == started[pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
