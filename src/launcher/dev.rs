@@ -34,6 +34,8 @@ impl DevLoop {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // A launcher stopped mid-build takes its build down with it.
+            .kill_on_drop(true)
             .spawn()
             .context("cannot run cargo (install Rust from https://rustup.rs or use `nix develop`)")?;
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
