@@ -71,14 +71,14 @@ impl EnvFile {
 
 /// The lines (1-based) that assign `key` (`KEY=`, `export KEY=`, with optional spaces).
 fn lines_of_key<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = usize> + 'a {
-    text.lines()
-        .enumerate()
-        .filter(move |(_, line)| {
-            let line = line.trim_start();
-            let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
-            line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|(i, _)| i + 1)
+    text.lines().enumerate().filter(move |(_, line)| assigns(line, key)).map(|(i, _)| i + 1)
+}
+
+/// Whether a line of an env file assigns `key` (`KEY=`, `export KEY=`, optional spaces).
+pub fn assigns(line: &str, key: &str) -> bool {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+    line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
 }
 
 /// The first line whose content matches the start of a fragment dotenvy rejected.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use env_file::EnvFile;
+pub use env_file::{EnvFile, assigns};
 
 use crate::error::ConfigError;
 use crate::settings::{self, Kind, Setting};

@@ -295,11 +295,7 @@ fn is_nix_managed(path: &Path) -> bool {
 /// Replaces every assignment of `key` (commenting out WORKERS when a profile is chosen, so the
 /// profile takes effect), or appends one.
 fn set_key(text: &str, key: &str, value: &str, clear_workers: bool) -> String {
-    let assigns = |line: &str, k: &str| {
-        let l = line.trim_start();
-        let l = l.strip_prefix("export ").unwrap_or(l).trim_start();
-        l.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
-    };
+    use crate::config::assigns;
     let mut out = String::new();
     let mut done = false;
     for line in text.lines() {

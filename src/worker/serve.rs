@@ -1,7 +1,7 @@
 //! The accept loop, systemd notifications, and graceful shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,7 +49,6 @@ pub async fn serve(
     // `stopped` tells accept loops and connections to wind down; every connection task holds
     // a clone of `open`, so `all_closed` ends once the last one has finished.
     let (stop_accepting, stopped) = watch::channel(false);
-    let stopping = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::new();
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut addresses = Vec::new();
@@ -62,7 +61,6 @@ pub async fn serve(
             http: http.clone(),
             open: open.clone(),
             stop: stopped.clone(),
-            stopping: stopping.clone(),
             heartbeat: heartbeat.clone(),
         };
         acceptors.push(match (settings.accept, listener) {
@@ -123,7 +121,6 @@ pub async fn serve(
     state.draining.store(true, Relaxed);
     status_task.abort();
     notifier.stopping(&format!("Draining: {} requests in flight", state.metrics.in_flight()));
-    stopping.store(true, Relaxed);
     let _ = stop_accepting.send(true);
     for acceptor in acceptors {
         let _ = acceptor.await;
@@ -190,8 +187,6 @@ struct Acceptor {
     router: axum::Router,
     http: http1::Builder,
     open: mpsc::Sender<()>,
-    /// The same signal as `stop`, for the blocking accept thread.
-    stopping: Arc<AtomicBool>,
     /// Whether the runtime is making progress, for the accept thread.
     heartbeat: Heartbeat,
     stop: watch::Receiver<bool>,
@@ -235,7 +230,7 @@ impl Acceptor {
         let _runtime = handle.enter();
         let fd = listener.as_raw_fd();
         let alone = self.state.info.workers <= 1;
-        while !self.stopping.load(Relaxed) {
+        while !*self.stop.borrow() {
             // A runtime that has stopped making progress (stuck, or swamped) must not keep
             // taking its share of connections: leave them to the other workers meanwhile.
             if !self.heartbeat.fresh() {
